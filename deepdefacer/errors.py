@@ -1,0 +1,14 @@
+"""The one exception type for problems with a user's input.
+
+It is caught at the command-line boundary and printed as one line naming the
+file and the reason; the other files of a run still get processed.
+"""
+
+
+class InputError(Exception):
+    """An input image (or dataset) that Deepdefacer cannot process."""
+
+    def __init__(self, path, reason):
+        self.path = str(path) if path is not None else "<image>"
+        self.reason = str(reason)
+        super().__init__(f"{self.path}: {self.reason}")

@@ -1,0 +1,1 @@
+"""Shipped model files (mapped into the package as deepdefacer.models)."""
