@@ -1,0 +1,176 @@
+"""Which scans to deface: check the dataset, walk it with pybids, apply the user's filters."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deepdefacer.bids.names import BidsName, parse_name
+from deepdefacer.errors import InputError
+
+# Every non-parametric anatomical image BIDS defines, and the MP2RAGE parts: the images that
+# show a face and are shared. Deprecated suffixes (FLASH, PD, T2star) only when asked.
+DEFAULT_SUFFIXES = ("T1w", "T2w", "PDw", "T2starw", "FLAIR", "inplaneT1", "inplaneT2", "PDT2",
+                    "angio", "MP2RAGE", "UNIT1")
+# Quantitative maps and the other file collections BIDS defines in anat/, defaced only when asked.
+OPTIONAL_SUFFIXES = ("T1map", "T2map", "T2starmap", "R1map", "R2map", "R2starmap", "PDmap",
+                     "MTRmap", "MTsat", "T1rho", "MWFmap", "MTVmap", "Chimap", "S0map", "M0map",
+                     "MEGRE", "MESE", "VFA", "IRT1", "MPM", "MTS", "MTR", "FLASH", "PD", "T2star")
+ANATOMICAL_SUFFIXES = DEFAULT_SUFFIXES + OPTIONAL_SUFFIXES
+NIFTI_EXTENSIONS = (".nii", ".nii.gz")
+
+log = logging.getLogger("deepdefacer")
+
+
+@dataclass(frozen=True)
+class Scan:
+    path: Path          # absolute path in the input dataset
+    relpath: str        # path relative to the dataset root, with forward slashes
+    name: BidsName = field(compare=False)
+    metadata: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def folder(self) -> str:
+        return self.relpath.rpartition("/")[0]
+
+    @property
+    def suffix(self) -> str:
+        return self.name.suffix
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks before any work
+
+
+def check_dataset(bids_dir) -> dict:
+    """The dataset_description of bids_dir, or an InputError saying why it is not a BIDS dataset."""
+    bids_dir = Path(bids_dir)
+    if not bids_dir.is_dir():
+        raise InputError(bids_dir, "not a folder")
+    description_path = bids_dir / "dataset_description.json"
+    if not description_path.is_file():
+        raise InputError(bids_dir, "not a BIDS dataset (no dataset_description.json)")
+    try:
+        description = json.loads(description_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(description_path, f"unreadable JSON ({exc})") from None
+    if not isinstance(description, dict) or "BIDSVersion" not in description:
+        raise InputError(description_path, "not a BIDS dataset description (no BIDSVersion)")
+    return description
+
+
+def check_output_location(bids_dir, output_dir) -> None:
+    """The input is never written to: refuse an output folder inside it (or around it)."""
+    bids_dir, output_dir = Path(bids_dir).resolve(), Path(output_dir).resolve()
+    if output_dir == bids_dir or bids_dir in output_dir.parents:
+        raise InputError(output_dir, f"output folder is inside the input dataset {bids_dir}; "
+                                     "the input is never written to, choose a folder outside it")
+    if output_dir in bids_dir.parents:
+        raise InputError(output_dir, f"output folder contains the input dataset {bids_dir}; "
+                                     "choose a separate folder")
+
+
+def strip_prefix(label: str, prefix: str) -> str:
+    return label[len(prefix):] if label.startswith(prefix) else label
+
+
+# ---------------------------------------------------------------------------------------------
+# Selection
+
+
+def open_layout(bids_dir):
+    """A pybids layout of the dataset (validation is the BIDS validator's job, not pybids')."""
+    import bids  # slow to import: only when a dataset is actually read
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return bids.BIDSLayout(str(bids_dir), validate=False)
+        except Exception as exc:  # pybids raises a handful of types for malformed datasets
+            raise InputError(bids_dir, f"pybids cannot index this dataset ({exc})") from None
+
+
+def select_scans(layout, participant_labels=None, session_labels=None,
+                 suffixes=DEFAULT_SUFFIXES, bids_filters=None) -> list[Scan]:
+    """Anatomical images in sub-<label>/[ses-<label>/]anat/, filtered; sorted by path.
+
+    participant_labels and session_labels: without the sub-/ses- prefix. bids_filters: an
+    fmriprep-style mapping from a lower-case suffix ("t1w", "flair") to pybids entity filters
+    that apply to images of that suffix.
+    """
+    root = Path(layout.root)
+    bids_filters = bids_filters or {}
+    subjects = sorted(layout.get_subjects())
+    if participant_labels:
+        unknown = sorted(set(participant_labels) - set(subjects))
+        if unknown:
+            raise InputError(root, "participant(s) not found: "
+                                   + ", ".join(f"sub-{label}" for label in unknown)
+                                   + f" (the dataset has {_list_labels('sub-', subjects)})")
+    if session_labels:
+        sessions = sorted(layout.get_sessions(subject=participant_labels or subjects))
+        unknown = sorted(set(session_labels) - set(sessions))
+        if unknown:
+            raise InputError(root, "session(s) not found: "
+                                   + ", ".join(f"ses-{label}" for label in unknown)
+                                   + f" (the selected participants have "
+                                     f"{_list_labels('ses-', sessions)})")
+
+    scans = {}
+    for suffix in suffixes:
+        query = {"datatype": "anat", "suffix": suffix, "extension": list(NIFTI_EXTENSIONS)}
+        if participant_labels:
+            query["subject"] = list(participant_labels)
+        if session_labels:
+            query["session"] = list(session_labels)
+        query.update(_pybids_filters(bids_filters.get(suffix.lower(), {})))
+        for found in layout.get(return_type="object", **query):
+            scan = _scan_from_path(root, Path(found.path), layout)
+            if scan is not None:
+                scans[scan.relpath] = scan
+    return [scans[relpath] for relpath in sorted(scans)]
+
+
+def _scan_from_path(root: Path, path: Path, layout) -> Scan | None:
+    """A Scan if path is a subject's anatomical image named by the BIDS rules, else None."""
+    relative = path.relative_to(root)
+    parts = relative.parts
+    name = parse_name(parts[-1])
+    if name is None or "sub" not in name.entities or parts[-2] != "anat":
+        return None
+    expected_folders = [f"sub-{name.entities['sub']}"]
+    if "ses" in name.entities:
+        expected_folders.append(f"ses-{name.entities['ses']}")
+    if list(parts[:-2]) != expected_folders:
+        return None
+    try:
+        metadata = layout.get_metadata(str(path))
+    except Exception:  # a placeholder or broken sidecar must not stop the selection
+        metadata = {}
+    return Scan(path=path, relpath=relative.as_posix(), name=name, metadata=dict(metadata))
+
+
+def _pybids_filters(filters: dict) -> dict:
+    """fmriprep conventions: null means 'entity absent', '*' means 'any value'."""
+    from bids.layout import Query
+
+    converted = {}
+    for entity, value in filters.items():
+        if value is None:
+            converted[entity] = Query.NONE
+        elif value == "*":
+            converted[entity] = Query.ANY
+        else:
+            converted[entity] = value
+    return converted
+
+
+def _list_labels(prefix: str, labels) -> str:
+    labels = list(labels)
+    if not labels:
+        return "none"
+    shown = ", ".join(prefix + label for label in labels[:12])
+    return shown + (f", ... ({len(labels)} in all)" if len(labels) > 12 else "")
