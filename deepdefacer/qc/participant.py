@@ -1,0 +1,124 @@
+"""QC of one defaced scan, run at participant level (so it parallelises with defacing).
+
+    qc_scan(original_img, defaced_img, mask_img, out_dir, stem) -> dict
+
+writes into `out_dir/figures/`:
+    {stem}_desc-qc_render.png   surface renders, before and after, front and side
+    {stem}_desc-qc_slices.png   sagittal, coronal, axial slices, removed region in red
+    {stem}_desc-qc_verdict.json the verdict, its reasons and the measurements
+and returns the verdict dict; `report.run_group` collects the JSON files.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from deepdefacer.qc import render
+from deepdefacer.qc.facecheck import face_evidence
+from deepdefacer.qc.maskcheck import check_mask
+from deepdefacer.qc.volume import mask_on_grid, ras_volume
+
+VERDICT_SUFFIX = "_desc-qc_verdict.json"
+RENDER_SUFFIX = "_desc-qc_render.png"
+SLICES_SUFFIX = "_desc-qc_slices.png"
+# Renders are drawn at this many pixels per QC-grid voxel (smooth, not blocky).
+RENDER_PIXELS_PER_VOXEL = 2
+
+
+def qc_scan(original_img, defaced_img, mask_img, out_dir, stem: str, source: str | None = None) -> dict:
+    """Render, check and write the QC of one scan. mask_img: 1 = removed.
+
+    Verdict "pass" or "flag"; "flag" lists every reason (face still present,
+    brain reached, implausible mask). Never raises on odd geometry: a check
+    that cannot run says so in "notes".
+    """
+    started = time.perf_counter()
+    figures = Path(out_dir) / "figures"
+    original = ras_volume(original_img)
+    # Same grid and threshold for the defaced scan, so before and after differ only by the mask.
+    defaced = ras_volume(defaced_img, voxel_mm=original.voxel_mm, threshold=original.threshold)
+    defaced = _same_shape(defaced, original.intensity.shape)
+    removed = mask_on_grid(mask_img, original.intensity.shape, original.voxel_mm)
+
+    depth = {(when, view): render.depth_map(volume, view)
+             for when, volume in (("before", original), ("after", defaced)) for view in render.VIEWS}
+    face_before = face_evidence(depth["before", "front"], original.voxel_mm)
+    face_after = face_evidence(depth["after", "front"], original.voxel_mm)
+    mask_result = check_mask(original.head, removed, original.voxel_mm, face_before)
+
+    flags = []
+    if face_after.face_present:
+        flags.append(f"face still present: {face_after.reason}")
+    flags.extend(mask_result.pop("flags"))
+    notes = mask_result.pop("notes")
+    if not face_before.face_present:
+        notes.append(f"no face found on the original ({face_before.reason}); the face check cannot be "
+                      "confirmed on this scan")
+
+    render_path = figures / f"{stem}{RENDER_SUFFIX}"
+    slices_path = figures / f"{stem}{SLICES_SUFFIX}"
+    render.write_png(render_path, _render_figure(depth, original.voxel_mm, face_after))
+    render.write_png(slices_path, _slices_figure(original, removed, face_before))
+
+    result = {
+        "stem": stem,
+        "source": str(source) if source is not None else None,
+        "verdict": "flag" if flags else "pass",
+        "flags": flags,
+        "notes": notes,
+        "face_after": face_after.to_dict(),
+        "face_before": face_before.to_dict(),
+        "mask": mask_result,
+        "qc_voxel_mm": round(original.voxel_mm, 3),
+        "figures": {"render": render_path.name, "slices": slices_path.name},
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    verdict_path = figures / f"{stem}{VERDICT_SUFFIX}"
+    partial = verdict_path.with_name(verdict_path.name + ".part")
+    partial.write_text(json.dumps(result, indent=2) + "\n")
+    partial.replace(verdict_path)
+    return result
+
+
+def _same_shape(volume, shape):
+    """Resampling two images of one scanner grid can differ by a voxel at the edge."""
+    if volume.intensity.shape == shape:
+        return volume
+    def fit(array, fill):
+        out = np.full(shape, fill, dtype=array.dtype)
+        common = tuple(slice(0, min(a, b)) for a, b in zip(shape, array.shape))
+        out[common] = array[common]
+        return out
+    volume.intensity = fit(volume.intensity, 0)
+    volume.head = fit(volume.head, False)
+    return volume
+
+
+def _render_figure(depth, voxel_mm, face_after) -> np.ndarray:
+    panels = []
+    for when in ("before", "after"):
+        for view in render.VIEWS:
+            image = render.shade_upsampled(depth[when, view], voxel_mm, RENDER_PIXELS_PER_VOXEL)
+            if when == "after" and view == "front" and face_after.face_present:
+                image = render.mark(image, face_after.nose_row * RENDER_PIXELS_PER_VOXEL,
+                                    face_after.nose_column * RENDER_PIXELS_PER_VOXEL)
+            panels.append(image)
+    return render.montage(panels)
+
+
+def _slices_figure(original, removed, face_before) -> np.ndarray:
+    centre = [int(c) for c in np.argwhere(original.head).mean(axis=0)] if original.head.any() \
+        else [s // 2 for s in original.intensity.shape]
+    if face_before.face_present:
+        # Sagittal through the nose (front-view columns run from the patient's right).
+        centre[0] = original.intensity.shape[0] - 1 - face_before.nose_column
+    if removed.any():
+        removed_centre = np.argwhere(removed & original.head).mean(axis=0) if (removed & original.head).any() \
+            else np.argwhere(removed).mean(axis=0)
+        centre[1], centre[2] = int(removed_centre[1]), int(removed_centre[2])
+    panels = render.slices_with_mask(original, removed, centre)
+    return render.upscale(render.montage(panels), RENDER_PIXELS_PER_VOXEL)
