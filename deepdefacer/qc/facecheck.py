@@ -156,3 +156,13 @@ def face_evidence(depth_mm: np.ndarray, pixel_mm: float) -> FaceEvidence:
         reason = "no nose: no midline ridge in front of the cheeks"
     return FaceEvidence(bool(present), reason, round(length, 1), round(peak_drop, 1), int(row), int(column),
                         int(top_row), round(recess, 1), round(width_mm, 1), round(scale, 3))
+
+
+def check_image(img) -> FaceEvidence:
+    """The face check on one image (any orientation, contrast or resolution)."""
+    # Imported here: the array functions above need neither loading nor rendering.
+    from deepdefacer.qc.render import depth_map
+    from deepdefacer.qc.volume import ras_volume
+
+    volume = ras_volume(img)
+    return face_evidence(depth_map(volume, "front"), volume.voxel_mm)
