@@ -65,7 +65,7 @@ def load_image(path) -> nib.Nifti1Image:
     try:
         img = nib.load(path)
     except Exception as exc:  # nibabel raises many types for bad files; all mean the same here
-        raise InputError(path, f"not a readable NIfTI file ({_describe(exc)})") from None
+        raise InputError(path, f"not a readable NIfTI file ({_describe(exc, path)})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(path, f"not a NIfTI image (read as {type(img).__name__})")
 
@@ -81,7 +81,7 @@ def load_image(path) -> nib.Nifti1Image:
     try:
         data = img.get_fdata()
     except Exception as exc:
-        raise InputError(path, f"truncated or unreadable image data ({_describe(exc)})") from None
+        raise InputError(path, _unreadable_data_reason(img, path, exc)) from None
     if not np.isfinite(data).all():
         count = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
         raise InputError(path, f"image contains {count} NaN or infinite voxels")
@@ -97,9 +97,22 @@ def _dimensionality(shape) -> str:
     return f"{max(1, sum(n > 1 for n in shape))}D"
 
 
-def _describe(exc: BaseException) -> str:
+def _unreadable_data_reason(img, path: Path, exc: BaseException) -> str:
+    expected_bytes = int(np.prod(img.shape)) * img.get_data_dtype().itemsize
+    if path.name.endswith(".nii"):
+        available_bytes = path.stat().st_size - int(getattr(img.dataobj, "offset", 352))
+        if available_bytes < expected_bytes:
+            return (f"truncated: the header promises {expected_bytes} bytes of voxel data "
+                    f"({'x'.join(map(str, img.shape))} {img.get_data_dtype()}), the file holds "
+                    f"{max(available_bytes, 0)}")
+    return f"truncated or corrupt voxel data ({_describe(exc, path)})"
+
+
+def _describe(exc: BaseException, path=None) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if path is not None:
+        text = text.replace(f" from {path}", "").replace(f"File {path} ", "").replace(str(path), "")
+    return f"{type(exc).__name__}: {text.strip()}" if text else type(exc).__name__
 
 
 def sha256_file(path, chunk_bytes: int = 1 << 20) -> str:
@@ -251,3 +264,15 @@ def is_complete_nifti(path) -> bool:
         return True
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError):
         return False
+
+
+def mask_image_like(mask: np.ndarray, img) -> nib.Nifti1Image:
+    """A uint8 mask (1 = removed) on img's grid, with img's qform and sform and their codes."""
+    mask_img = nib.Nifti1Image(np.asarray(mask).astype(np.uint8).reshape(img.shape[:3]),
+                               img.affine)
+    header = img.header
+    mask_img.set_qform(header.get_qform(), int(header["qform_code"]))
+    mask_img.set_sform(header.get_sform(), int(header["sform_code"]))
+    mask_img.header.set_xyzt_units(*header.get_xyzt_units())
+    mask_img.header.set_data_dtype(np.uint8)
+    return mask_img

@@ -1,0 +1,107 @@
+"""--layout bids: an upload-ready copy of the dataset, with defaced images in place of the originals.
+
+Everything that is not a selected anatomical image is copied unchanged: hard-linked when input and
+output share a file system (no extra space, and safe because Deepdefacer never writes into an
+existing file: every output is a new file renamed into place), copied otherwise. Selected images
+are never copied: each one is written defaced by the job that processes it, and an image whose
+defacing failed is absent from the copy rather than present with its face.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deepdefacer.bids.names import parse_name
+from deepdefacer.bids.select import ANATOMICAL_SUFFIXES
+from deepdefacer.io import atomic_output
+
+# Version-control and annex internals are not part of the dataset to upload.
+SKIPPED_NAMES = {".git", ".datalad", ".gitattributes", ".gitmodules"}
+
+
+@dataclass
+class CopyReport:
+    copied: int = 0
+    up_to_date: int = 0
+    failed: list = field(default_factory=list)        # (relpath, reason)
+    not_defaced: list = field(default_factory=list)   # anatomical images copied as they are
+
+
+def copy_dataset(bids_dir, output_dir, excluded_relpaths, participant_labels=None,
+                 session_labels=None) -> CopyReport:
+    """Copy bids_dir to output_dir except excluded_relpaths (the images Deepdefacer writes).
+
+    With participant or session labels only those subjects' and sessions' folders are copied
+    (plus everything outside sub-*), so parallel runs on different participants each copy
+    their own part and the shared top-level files are replaced atomically with equal content.
+    """
+    bids_dir, output_dir = Path(bids_dir), Path(output_dir)
+    excluded = set(excluded_relpaths)
+    report = CopyReport()
+    for dirpath, dirnames, filenames in os.walk(bids_dir):
+        relative_dir = Path(dirpath).relative_to(bids_dir)
+        dirnames[:] = sorted(name for name in dirnames
+                             if name not in SKIPPED_NAMES
+                             and _wanted(relative_dir / name, participant_labels, session_labels))
+        for filename in sorted(filenames):
+            if filename in SKIPPED_NAMES:
+                continue
+            relpath = (relative_dir / filename).as_posix()
+            if relpath in excluded:
+                continue
+            if _is_anatomical_image(relative_dir, filename):
+                report.not_defaced.append(relpath)
+            _copy_one(bids_dir / relpath, output_dir / relpath, relpath, report)
+    return report
+
+
+def _wanted(relative: Path, participant_labels, session_labels) -> bool:
+    parts = relative.parts
+    if participant_labels and len(parts) >= 1 and parts[0].startswith("sub-"):
+        if parts[0][4:] not in participant_labels:
+            return False
+    if session_labels and len(parts) >= 2 and parts[0].startswith("sub-") \
+            and parts[1].startswith("ses-"):
+        if parts[1][4:] not in session_labels:
+            return False
+    return True
+
+
+def _is_anatomical_image(relative_dir: Path, filename: str) -> bool:
+    if relative_dir.name != "anat" or not relative_dir.parts[0].startswith("sub-"):
+        return False
+    name = parse_name(filename)
+    return name is not None and name.suffix in ANATOMICAL_SUFFIXES \
+        and name.extension in (".nii", ".nii.gz")
+
+
+def _copy_one(source: Path, target: Path, relpath: str, report: CopyReport) -> None:
+    if source.is_symlink() and not source.exists():
+        report.failed.append((relpath, "broken symbolic link (fetch git-annex/DataLad content "
+                                       "first, e.g. `datalad get`): not copied"))
+        return
+    try:
+        if target.exists() and _same_file(source, target):
+            report.up_to_date += 1
+            return
+        with atomic_output(target) as temporary:
+            try:
+                os.link(source.resolve(), temporary)
+            except OSError:
+                shutil.copy2(source, temporary)
+        report.copied += 1
+    except OSError as exc:
+        report.failed.append((relpath, f"copy failed ({exc.strerror or exc})"))
+
+
+def _same_file(source: Path, target: Path) -> bool:
+    with contextlib.suppress(OSError):
+        a, b = source.stat(), target.stat()
+        if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+            return True
+        return a.st_size == b.st_size and int(a.st_mtime) == int(b.st_mtime)
+    return False

@@ -1,0 +1,240 @@
+"""Where each output goes, what its sidecar says, and whether an earlier run already made it.
+
+Two layouts:
+- derivatives: `output_dir` is a BIDS derivatives dataset; each defaced image keeps every source
+  entity plus `desc-defaced`, with a sidecar holding the source's acquisition metadata, `Sources`
+  as BIDS URIs and the provenance; each mask is a `_mod-<suffix>_defacemask.nii.gz`.
+- bids: `output_dir` is an upload-ready copy of the input; defaced images take the place (and
+  name) of the originals, their sidecars are copied unchanged, and the provenance lives in the
+  mask sidecars.
+
+The provenance doubles as the record of what is done: a scan is skipped when its outputs exist
+and their provenance names the same input bytes (sha256), the same model and the same mask source.
+The file that records completion is written last, so an interrupted job is redone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from deepdefacer.bids.jobs import Job, MaskGroup
+from deepdefacer.bids.names import BidsName
+from deepdefacer.bids.select import Scan
+from deepdefacer.errors import InputError
+from deepdefacer.io import create_json_exclusive, read_json
+
+LAYOUTS = ("derivatives", "bids")
+SOFTWARE_NAME = "Deepdefacer"
+PROVENANCE_KEY = "Deepdefacer"
+BIDS_VERSION = "1.10.0"
+SOURCE_DATASET_KEY = "raw"  # bids:raw:<path> URIs resolve through DatasetLinks["raw"]
+
+
+def deepdefacer_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("deepdefacer")
+    except Exception:  # running from a source tree that was never installed
+        version_file = Path(__file__).resolve().parents[2] / "version"
+        return version_file.read_text().strip() if version_file.exists() else "unknown"
+
+
+def container_info() -> dict | None:
+    """BIDS GeneratedBy.Container when running in Docker or Singularity/Apptainer."""
+    image = os.environ.get("DEEPDEFACER_CONTAINER_IMAGE")
+    if os.environ.get("SINGULARITY_CONTAINER") or os.environ.get("APPTAINER_CONTAINER"):
+        info = {"Type": "singularity"}
+        uri = os.environ.get("SINGULARITY_CONTAINER") or os.environ.get("APPTAINER_CONTAINER")
+        info["URI"] = image or uri
+        return info
+    if Path("/.dockerenv").exists() or Path("/run/.containerenv").exists():
+        info = {"Type": "docker"}
+        if image:
+            info["Tag"] = image
+        return info
+    return None
+
+
+def defaced_name(name: BidsName) -> BidsName:
+    """The source name plus desc-defaced (a source that has a desc keeps it: desc-preprocDefaced)."""
+    description = name.entities.get("desc")
+    return name.with_entities(desc="defaced" if description is None else f"{description}Defaced")
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths
+
+
+@dataclass
+class ScanOutput:
+    scan: Scan
+    image: Path
+    sidecar: Path | None  # derivatives only: in the bids layout the source sidecar is copied
+
+    @property
+    def relpath(self) -> str:
+        return self.image.as_posix()
+
+
+@dataclass
+class GroupOutput:
+    group: MaskGroup
+    mask: Path
+    mask_sidecar: Path
+    scans: list  # ScanOutput
+
+
+def plan_outputs(job: Job, output_dir, layout: str) -> list[GroupOutput]:
+    output_dir = Path(output_dir)
+    planned = []
+    for group in job.groups:
+        folder = output_dir / group.folder
+        scan_outputs = []
+        for scan in group.scans:
+            if layout == "derivatives":
+                image = folder / str(defaced_name(scan.name))
+                sidecar = folder / str(defaced_name(scan.name).replace(extension=".json"))
+            else:
+                image, sidecar = output_dir / scan.relpath, None
+            scan_outputs.append(ScanOutput(scan, image, sidecar))
+        mask = folder / str(group.mask_name)
+        mask_sidecar = folder / str(group.mask_name.replace(extension=".json"))
+        planned.append(GroupOutput(group, mask, mask_sidecar, scan_outputs))
+    return planned
+
+
+def all_paths(planned) -> list[Path]:
+    paths = []
+    for group_output in planned:
+        paths += [group_output.mask, group_output.mask_sidecar]
+        for scan_output in group_output.scans:
+            paths += [p for p in (scan_output.image, scan_output.sidecar) if p is not None]
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Sidecars and provenance
+
+
+def source_uri(scan_relpath: str, layout: str) -> str:
+    """BIDS URI of a source file: in the raw dataset (derivatives) or this dataset (bids)."""
+    return f"bids:{SOURCE_DATASET_KEY}:{scan_relpath}" if layout == "derivatives" \
+        else f"bids::{scan_relpath}"
+
+
+def provenance_key(model_sha256: str, input_sha256: dict, mask_source: str,
+                   mask_source_sha256: str) -> dict:
+    """What must match for an output to count as done."""
+    return {"ModelSHA256": model_sha256, "InputSHA256": input_sha256,
+            "MaskSource": mask_source, "MaskSourceSHA256": mask_source_sha256}
+
+
+def image_sidecar(scan: Scan, mask_relpath: str, provenance: dict) -> dict:
+    sidecar = {key: value for key, value in scan.metadata.items() if key != "Sources"}
+    sidecar["Sources"] = [source_uri(scan.relpath, "derivatives"), f"bids::{mask_relpath}"]
+    sidecar[PROVENANCE_KEY] = provenance
+    return sidecar
+
+
+def mask_sidecar(group: MaskGroup, reference: Scan, layout: str, provenance: dict) -> dict:
+    return {
+        "Sources": [source_uri(reference.relpath, layout)],
+        "Description": "Face mask: 1 = voxel removed by Deepdefacer",
+        "AppliedTo": [source_uri(scan.relpath, layout) for scan in group.scans],
+        PROVENANCE_KEY: provenance,
+    }
+
+
+def _matches(recorded: dict, expected: dict) -> bool:
+    return all(recorded.get(key) == value for key, value in expected.items())
+
+
+def is_up_to_date(planned, layout: str, expected_by_scan: dict) -> bool:
+    """Whether every output of the job exists with matching provenance.
+
+    expected_by_scan: relpath -> provenance_key(...) for each scan of the job.
+    """
+    try:
+        for group_output in planned:
+            if not group_output.mask.is_file():
+                return False
+            recorded_mask = read_json(group_output.mask_sidecar).get(PROVENANCE_KEY, {})
+            for scan_output in group_output.scans:
+                expected = expected_by_scan[scan_output.scan.relpath]
+                if not scan_output.image.is_file():
+                    return False
+                if layout == "derivatives":
+                    recorded = read_json(scan_output.sidecar).get(PROVENANCE_KEY, {})
+                else:
+                    recorded = dict(recorded_mask)
+                    recorded["InputSHA256"] = recorded_mask.get("InputSHA256", {}).get(
+                        scan_output.scan.relpath)
+                if not _matches(recorded, expected):
+                    return False
+        return True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# dataset_description.json
+
+
+def derivative_description(source_description: dict, bids_dir) -> dict:
+    generated_by = {"Name": SOFTWARE_NAME, "Version": deepdefacer_version(),
+                    "Description": "Faces removed from anatomical MRI with a 3D U-Net"}
+    container = container_info()
+    if container:
+        generated_by["Container"] = container
+    source_uri_ = Path(bids_dir).resolve().as_uri()
+    source_dataset = {"URL": source_uri_}
+    if source_description.get("DatasetDOI"):
+        source_dataset["DOI"] = source_description["DatasetDOI"]
+    description = {
+        "Name": f"Deepdefacer: defaced anatomical images of "
+                f"{source_description.get('Name', Path(bids_dir).name)}",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated_by],
+        "SourceDatasets": [source_dataset],
+        "DatasetLinks": {SOURCE_DATASET_KEY: source_uri_},
+    }
+    if source_description.get("License"):
+        description["License"] = source_description["License"]
+    return description
+
+
+def prepare_output_dataset(output_dir, bids_dir, source_description: dict, layout: str) -> None:
+    """Create the output's dataset_description.json once, or check the one there is ours.
+
+    Raises InputError before any work when output_dir holds a different dataset.
+    """
+    output_dir = Path(output_dir)
+    description_path = output_dir / "dataset_description.json"
+    if layout == "derivatives":
+        create_json_exclusive(derivative_description(source_description, bids_dir),
+                              description_path)
+        existing = _read_description(description_path)
+        names = [entry.get("Name") for entry in existing.get("GeneratedBy", [])
+                 if isinstance(entry, dict)]
+        if existing.get("DatasetType") != "derivative" or SOFTWARE_NAME not in names:
+            raise InputError(output_dir, "output folder holds another dataset (its "
+                                         "dataset_description.json was not written by "
+                                         "Deepdefacer); choose an empty folder")
+    elif description_path.exists():
+        existing = _read_description(description_path)
+        if existing != source_description:
+            raise InputError(output_dir, "output folder holds another dataset (its "
+                                         "dataset_description.json differs from the input's); "
+                                         "--layout bids needs an empty folder or an earlier copy")
+
+
+def _read_description(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"unreadable dataset description ({exc})") from None

@@ -1,0 +1,142 @@
+"""Command-line parser of the BIDS App, following the BIDS Apps and nipreps conventions.
+
+Argument types validate on the spot, so a bad value is argparse's usage error (exit code 2)
+before anything is read or written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from deepdefacer.bids.outputs import LAYOUTS, deepdefacer_version
+from deepdefacer.bids.select import ANATOMICAL_SUFFIXES, DEFAULT_SUFFIXES
+
+EXIT_OK, EXIT_SCANS_FAILED, EXIT_USAGE, EXIT_INVALID_DATASET = 0, 1, 2, 3
+DEVICES = ("auto", "cpu", "gpu")
+
+
+def existing_folder(value: str) -> Path:
+    path = Path(value)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"no such folder: {value}")
+    return path.absolute()
+
+
+def label(prefix: str):
+    def parse(value: str) -> str:
+        stripped = value[len(prefix):] if value.startswith(prefix) else value
+        if not stripped or not stripped.isalnum():
+            raise argparse.ArgumentTypeError(
+                f"invalid label {value!r}: BIDS labels are letters and digits "
+                f"(with or without '{prefix}')")
+        return stripped
+    parse.__name__ = f"{prefix.rstrip('-')} label"
+    return parse
+
+
+def suffix(value: str) -> str:
+    by_lower = {name.lower(): name for name in ANATOMICAL_SUFFIXES}
+    if value.lower() not in by_lower:
+        raise argparse.ArgumentTypeError(
+            f"unknown anatomical suffix {value!r}; choose from {', '.join(ANATOMICAL_SUFFIXES)}")
+    return by_lower[value.lower()]
+
+
+def bids_filter_file(value: str) -> dict:
+    """fmriprep-style filters: {"t1w": {"acquisition": "mprage"}, "flair": {"run": 1}}."""
+    path = Path(value)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {value}")
+    try:
+        filters = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"{value} is not valid JSON ({exc})") from None
+    if not isinstance(filters, dict) or not all(isinstance(v, dict) for v in filters.values()):
+        raise argparse.ArgumentTypeError(
+            f"{value} must map suffixes to entity filters, e.g. "
+            '{"t1w": {"acquisition": "mprage", "run": 1}}')
+    known = {name.lower() for name in ANATOMICAL_SUFFIXES}
+    unknown = sorted(key for key in filters if key.lower() not in known)
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"{value}: unknown key(s) {', '.join(unknown)}; keys are lower-case anatomical "
+            f"suffixes such as {', '.join(name.lower() for name in DEFAULT_SUFFIXES[:4])}")
+    return {key.lower(): entities for key, entities in filters.items()}
+
+
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deepdefacer",
+        description="Remove faces from the anatomical MRI of a BIDS dataset with a 3D U-Net. "
+                    "The input dataset is never written to.",
+        epilog="Exit codes: 0 all scans defaced or up to date; 1 one or more scans failed "
+               "(listed at the end); 2 usage error (bad arguments, not a BIDS dataset, unknown "
+               "participant, output inside the input); 3 the input fails BIDS validation.",
+        allow_abbrev=False)
+    parser.add_argument("bids_dir", type=existing_folder,
+                        help="the root folder of the input BIDS dataset")
+    parser.add_argument("output_dir", type=lambda value: Path(value).absolute(),
+                        help="where the outputs go (created if missing; outside bids_dir)")
+    parser.add_argument("analysis_level", choices=("participant", "group"),
+                        help="participant: deface scans; group: quality-control report of "
+                             "the outputs")
+    parser.add_argument("-v", "--version", action="version",
+                        version=f"Deepdefacer {deepdefacer_version()}")
+
+    selection = parser.add_argument_group("what to deface")
+    selection.add_argument("--participant-label", "--participant_label", nargs="+",
+                           type=label("sub-"), metavar="LABEL",
+                           help="participants to process (with or without 'sub-'); "
+                                "default: all")
+    selection.add_argument("--session-label", "--session_label", nargs="+", type=label("ses-"),
+                           metavar="LABEL", help="sessions to process (with or without 'ses-')")
+    selection.add_argument("--suffix", nargs="+", type=suffix, metavar="SUFFIX",
+                           default=list(DEFAULT_SUFFIXES),
+                           help="anatomical suffixes to deface (default: "
+                                f"{' '.join(DEFAULT_SUFFIXES)}; quantitative maps such as T1map "
+                                "only when listed)")
+    selection.add_argument("--bids-filter-file", "--bids_filter_file", type=bids_filter_file,
+                           metavar="FILE",
+                           help='JSON mapping suffixes to pybids entity filters, e.g. '
+                                '{"t1w": {"acquisition": "mprage"}}; null means the entity is '
+                                'absent, "*" any value')
+    selection.add_argument("--mask-from", type=suffix, metavar="SUFFIX",
+                           help="compute the mask on this suffix's first scan in each session "
+                                "(e.g. T1w) and apply it, resampled, to the session's other scans")
+
+    run = parser.add_argument_group("how to run")
+    run.add_argument("--layout", choices=LAYOUTS, default="derivatives",
+                     help="derivatives (default): a BIDS derivatives dataset of defaced images "
+                          "and masks; bids: an upload-ready copy of the whole dataset with the "
+                          "anatomical images defaced")
+    run.add_argument("--skip-bids-validation", "--skip_bids_validation", action="store_true",
+                     help="do not validate the input with bids-validator-deno")
+    run.add_argument("--n-procs", "--n_procs", "--nprocs", type=positive_int, default=1,
+                     metavar="N", help="scans defaced in parallel, each process with its own "
+                                       "copy of the model and 1/N of the CPUs (default 1)")
+    run.add_argument("--device", choices=DEVICES, default="auto",
+                     help="where the model runs (default auto: a GPU if there is one)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="redo scans whose outputs exist and are up to date")
+    run.add_argument("--work-dir", "--work_dir", "-w", type=lambda value: Path(value).absolute(),
+                     metavar="DIR", help="folder for the validator report and the run log "
+                                         "(kept; default: none)")
+    verbosity = run.add_mutually_exclusive_group()
+    verbosity.add_argument("--verbose", action="store_true",
+                           help="debug messages and tracebacks of unexpected errors")
+    verbosity.add_argument("--quiet", action="store_true",
+                           help="no progress bar or per-scan lines: only problems and the summary")
+    return parser
+
