@@ -225,7 +225,9 @@ def write_in_source_encoding(source_path, scaled_data: np.ndarray, removed_mask:
     into the source's raw type.
     """
     source = nib.load(source_path)
-    header = source.header.copy()
+    # The header as stored: nibabel's loaded header has slope/intercept moved to the dataobj.
+    with ImageOpener(source_path, "rb") as stream:
+        header = source.header_class.from_fileobj(stream)
     raw_source = np.asanyarray(source.dataobj.get_unscaled())
     raw_dtype = header.get_data_dtype()
     removed = np.asarray(removed_mask).reshape(raw_source.shape).astype(bool)

@@ -84,11 +84,16 @@ def strip_prefix(label: str, prefix: str) -> str:
 def open_layout(bids_dir):
     """A pybids layout of the dataset (validation is the BIDS validator's job, not pybids')."""
     import bids  # slow to import: only when a dataset is actually read
+    from bids.layout import BIDSLayoutIndexer
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return bids.BIDSLayout(str(bids_dir), validate=False)
+            # Sidecars are read for the selected scans only (inherited_metadata): indexing the
+            # metadata of every file would double the time on large datasets.
+            return bids.BIDSLayout(str(bids_dir), validate=False,
+                                   indexer=BIDSLayoutIndexer(validate=False,
+                                                             index_metadata=False))
         except Exception as exc:  # pybids raises a handful of types for malformed datasets
             raise InputError(bids_dir, f"pybids cannot index this dataset ({exc})") from None
 
@@ -128,13 +133,13 @@ def select_scans(layout, participant_labels=None, session_labels=None,
             query["session"] = list(session_labels)
         query.update(_pybids_filters(bids_filters.get(suffix.lower(), {})))
         for found in layout.get(return_type="object", **query):
-            scan = _scan_from_path(root, Path(found.path), layout)
+            scan = _scan_from_path(root, Path(found.path))
             if scan is not None:
                 scans[scan.relpath] = scan
     return [scans[relpath] for relpath in sorted(scans)]
 
 
-def _scan_from_path(root: Path, path: Path, layout) -> Scan | None:
+def _scan_from_path(root: Path, path: Path) -> Scan | None:
     """A Scan if path is a subject's anatomical image named by the BIDS rules, else None."""
     relative = path.relative_to(root)
     parts = relative.parts
@@ -146,11 +151,38 @@ def _scan_from_path(root: Path, path: Path, layout) -> Scan | None:
         expected_folders.append(f"ses-{name.entities['ses']}")
     if list(parts[:-2]) != expected_folders:
         return None
-    try:
-        metadata = layout.get_metadata(str(path))
-    except Exception:  # a placeholder or broken sidecar must not stop the selection
-        metadata = {}
-    return Scan(path=path, relpath=relative.as_posix(), name=name, metadata=dict(metadata))
+    return Scan(path=path, relpath=relative.as_posix(), name=name,
+                metadata=inherited_metadata(root, relative, name))
+
+
+def inherited_metadata(root: Path, relative: Path, name: BidsName) -> dict:
+    """The scan's sidecar metadata by the BIDS inheritance principle.
+
+    Every JSON file from the dataset root down to the scan's folder whose suffix is the scan's
+    and whose entities are a subset of the scan's applies; deeper and more specific files win.
+    A broken sidecar is skipped: it must not stop the other scans.
+    """
+    merged = {}
+    for depth in range(len(relative.parts)):
+        folder = root.joinpath(*relative.parts[:depth])
+        applicable = []
+        for sidecar in folder.glob("*.json"):
+            sidecar_name = parse_name(sidecar.name) if "_" in sidecar.name else \
+                BidsName({}, sidecar.name[:-len(".json")], ".json")
+            if sidecar_name is None or sidecar_name.suffix != name.suffix:
+                continue
+            if all(name.entities.get(key) == value
+                   for key, value in sidecar_name.entities.items()):
+                applicable.append((len(sidecar_name.entities), sidecar))
+        for _, sidecar in sorted(applicable):
+            try:
+                content = json.loads(sidecar.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                log.debug("unreadable sidecar ignored: %s", sidecar)
+                continue
+            if isinstance(content, dict):
+                merged.update(content)
+    return merged
 
 
 def _pybids_filters(filters: dict) -> dict:

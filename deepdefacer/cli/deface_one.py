@@ -1,0 +1,118 @@
+"""`deepdeface INPUT [-o OUTPUT] [--mask-out MASK] [--applyto OTHER ...]`: one file, like pydeface.
+
+--applyto carries INPUT's mask to co-registered scans of the same session (T2w, FLAIR), resampled
+through the scanner affines; each gets OTHER_defaced.nii.gz next to it unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from deepdefacer.cli.parser import DEVICES, EXIT_OK, EXIT_SCANS_FAILED, EXIT_USAGE
+from deepdefacer.errors import InputError
+
+
+def default_output(path: Path) -> Path:
+    from deepdefacer.io import split_extension
+
+    stem, _ = split_extension(path)
+    return path.with_name(f"{stem}_defaced.nii.gz")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from deepdefacer.bids.outputs import deepdefacer_version
+
+    parser = argparse.ArgumentParser(
+        prog="deepdeface", allow_abbrev=False,
+        description="Remove the face from one MRI head scan (NIfTI) with Deepdefacer's model.",
+        epilog="Exit codes: 0 done; 1 an image could not be defaced; 2 usage error.")
+    parser.add_argument("input", type=Path, help="the scan to deface (.nii or .nii.gz)")
+    parser.add_argument("-o", "--output", "--outfile", type=Path,
+                        help="defaced image (default: INPUT_defaced.nii.gz next to INPUT)")
+    parser.add_argument("--mask-out", "--outmask", type=Path, metavar="MASK",
+                        help="also write the mask (uint8, 1 = removed) on INPUT's grid")
+    parser.add_argument("--applyto", nargs="+", type=Path, default=[], metavar="OTHER",
+                        help="co-registered scans of the same session to deface with INPUT's "
+                             "mask; each becomes OTHER_defaced.nii.gz")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("-f", "--force", "--overwrite", action="store_true",
+                        help="replace existing output files")
+    parser.add_argument("--verbose", action="store_true", help="tracebacks of unexpected errors")
+    parser.add_argument("-v", "--version", action="version",
+                        version=f"Deepdefacer {deepdefacer_version()}")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    output = args.output or default_output(args.input)
+    targets = [(args.input, output)] + [(other, default_output(other)) for other in args.applyto]
+    written = [path for _, path in targets] + ([args.mask_out] if args.mask_out else [])
+    inputs = {path.resolve() for path, _ in targets}
+    problems = [f"{path} would overwrite an input" for path in written if path.resolve() in inputs]
+    if len({path.resolve() for path in written}) != len(written):
+        problems.append("two outputs have the same name")
+    if not args.force:
+        problems += [f"{path} exists (use --force to replace it)" for path in written
+                     if path.exists()]
+    if problems:
+        parser.print_usage(sys.stderr)
+        for problem in problems:
+            print(f"deepdeface: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return deface_files(args.input, output, args.mask_out, targets[1:], args.device)
+    except InputError as exc:
+        print(f"deepdeface: {exc}", file=sys.stderr)
+        return EXIT_SCANS_FAILED
+    except KeyboardInterrupt:
+        print("deepdeface: interrupted; no partial file was left", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.verbose:
+            raise
+        print(f"deepdeface: unexpected error: {type(exc).__name__}: {exc} "
+              "(--verbose shows the traceback)", file=sys.stderr)
+        return EXIT_SCANS_FAILED
+
+
+def deface_files(input_path: Path, output: Path, mask_out, others, device: str) -> int:
+    """Deface input_path, then every (other, output) pair with the same mask."""
+    from deepdefacer.bids.process import get_defacer
+    from deepdefacer.io import (load_image, mask_image_like, write_image,
+                                write_in_source_encoding)
+    from deepdefacer.mask_transfer import apply_mask, resample_mask
+
+    start = time.monotonic()
+    img = load_image(input_path)
+    defaced, mask_img = get_defacer(device).deface(img)
+    mask = (mask_img.get_fdata() > 0).astype("uint8")
+    write_in_source_encoding(input_path, defaced.get_fdata(), mask, output)
+    if mask_out:
+        write_image(mask_image_like(mask, img), mask_out)
+    print(f"{output}: {100.0 * mask.mean():.1f}% of voxels removed "
+          f"({time.monotonic() - start:.1f} s)")
+    status = EXIT_OK
+    for other_path, other_output in others:
+        try:
+            other = load_image(other_path)
+            other_mask = resample_mask(mask, img.affine, other.shape, other.affine)
+            write_in_source_encoding(other_path, apply_mask(other.get_fdata(), other_mask),
+                                     other_mask, other_output)
+            print(f"{other_output}: {100.0 * other_mask.mean():.1f}% of voxels removed "
+                  f"(mask of {input_path.name})")
+        except InputError as exc:
+            print(f"deepdeface: {exc}", file=sys.stderr)
+            status = EXIT_SCANS_FAILED
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Shared paths and small tools for the BIDS App tests (test_bids_*.py, test_cli_*.py)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+HEADS = SHARED_DATA / "heads"
+BIDS_EXAMPLES = SHARED_DATA / "bids-examples-anat"
+DEMO = REPO / "examples" / "ds-demo"
+
+needs_shared_data = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason=f"shared test data not found at {SHARED_DATA}")
+
+
+def checksums(folder: Path) -> dict:
+    """relpath -> sha256 of every file (and link target) under folder."""
+    sums = {}
+    for path in sorted(folder.rglob("*")):
+        relpath = path.relative_to(folder).as_posix()
+        if path.is_symlink():
+            sums[relpath] = "link:" + os.readlink(path)
+        elif path.is_file():
+            sums[relpath] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return sums
+
+
+def copy_read_only(source: Path, target: Path) -> Path:
+    """A copy of source whose files and folders cannot be written (like a read-only mount)."""
+    shutil.copytree(source, target, symlinks=True)
+    make_read_only(target)
+    return target
+
+
+def make_read_only(folder: Path) -> None:
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode
+        path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def make_writable(folder: Path) -> None:
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
+def nifti_bytes(path: Path) -> bytes:
+    """The uncompressed bytes of a .nii or .nii.gz file."""
+    data = path.read_bytes()
+    return gzip.decompress(data) if path.name.endswith(".gz") else data
