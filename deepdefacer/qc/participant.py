@@ -25,8 +25,8 @@ from deepdefacer.qc.volume import mask_on_grid, ras_volume
 VERDICT_SUFFIX = "_desc-qc_verdict.json"
 RENDER_SUFFIX = "_desc-qc_render.png"
 SLICES_SUFFIX = "_desc-qc_slices.png"
-# Renders are drawn at this many pixels per QC-grid voxel (smooth, not blocky).
-RENDER_PIXELS_PER_VOXEL = 2
+# Panels are drawn about this tall (pixels), whatever the scan's resolution.
+PANEL_HEIGHT_PX = 260
 
 
 def qc_scan(original_img, defaced_img, mask_img, out_dir, stem: str, source: str | None = None) -> dict:
@@ -98,14 +98,18 @@ def _same_shape(volume, shape):
     return volume
 
 
+def _pixels_per_voxel(shape) -> int:
+    return max(1, int(round(PANEL_HEIGHT_PX / max(shape[2], 1))))
+
+
 def _render_figure(depth, voxel_mm, face_after) -> np.ndarray:
+    factor = _pixels_per_voxel((0, 0, depth["before", "front"].shape[0]))
     panels = []
     for when in ("before", "after"):
         for view in render.VIEWS:
-            image = render.shade_upsampled(depth[when, view], voxel_mm, RENDER_PIXELS_PER_VOXEL)
+            image = render.shade_upsampled(depth[when, view], voxel_mm, factor)
             if when == "after" and view == "front" and face_after.face_present:
-                image = render.mark(image, face_after.nose_row * RENDER_PIXELS_PER_VOXEL,
-                                    face_after.nose_column * RENDER_PIXELS_PER_VOXEL)
+                image = render.mark(image, (face_after.nose_row + 0.5) * factor, (face_after.nose_column + 0.5) * factor)
             panels.append(image)
     return render.montage(panels)
 
@@ -121,4 +125,4 @@ def _slices_figure(original, removed, face_before) -> np.ndarray:
             else np.argwhere(removed).mean(axis=0)
         centre[1], centre[2] = int(removed_centre[1]), int(removed_centre[2])
     panels = render.slices_with_mask(original, removed, centre)
-    return render.upscale(render.montage(panels), RENDER_PIXELS_PER_VOXEL)
+    return render.upscale(render.montage(panels), _pixels_per_voxel(original.intensity.shape))

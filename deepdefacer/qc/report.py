@@ -168,9 +168,9 @@ def _html(summary: dict, verdicts: list[dict]) -> str:
             parts.append('<ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in verdict["notes"])
                          + "</ul>")
         mask = verdict.get("mask", {})
-        parts.append(f'<p class="caption">removed {mask.get("removed_ml", "n/a")} ml '
+        parts.append(f'<p class="caption">removed {_ml(mask.get("removed_ml"))} '
                      f'({100 * float(mask.get("removed_fraction") or 0):.1f}% of the head); '
-                     f'removed in the brain zone: {mask.get("brain_removed_ml", "n/a")} ml</p>')
+                     f'removed in the brain zone: {_ml(mask.get("brain_removed_ml"))}</p>')
         parts.append(_image_tag(verdict["_figures_dir"], figures.get("render"), f"{stem} surface renders"))
         parts.append(_image_tag(verdict["_figures_dir"], figures.get("slices"), f"{stem} slices with mask"))
         parts.append("</section>")
@@ -192,3 +192,7 @@ def _write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _ml(value) -> str:
+    return "n/a" if value is None else f"{value} ml"
