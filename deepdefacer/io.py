@@ -99,13 +99,26 @@ def _dimensionality(shape) -> str:
 
 def _unreadable_data_reason(img, path: Path, exc: BaseException) -> str:
     expected_bytes = int(np.prod(img.shape)) * img.get_data_dtype().itemsize
-    if path.name.endswith(".nii"):
-        available_bytes = path.stat().st_size - int(getattr(img.dataobj, "offset", 352))
-        if available_bytes < expected_bytes:
-            return (f"truncated: the header promises {expected_bytes} bytes of voxel data "
-                    f"({'x'.join(map(str, img.shape))} {img.get_data_dtype()}), the file holds "
-                    f"{max(available_bytes, 0)}")
-    return f"truncated or corrupt voxel data ({_describe(exc, path)})"
+    offset_bytes = int(getattr(img.dataobj, "offset", 352))
+    try:
+        stored_bytes = _uncompressed_size(path) - offset_bytes
+    except (OSError, EOFError, zlib.error):
+        stored_bytes = None  # the compressed stream itself is damaged
+    if stored_bytes is not None and stored_bytes < expected_bytes:
+        return (f"truncated: the header promises {expected_bytes} bytes of voxel data "
+                f"({'x'.join(map(str, img.shape))} {img.get_data_dtype()}), the file holds "
+                f"{max(stored_bytes, 0)}")
+    return f"corrupt voxel data ({_describe(exc, path)})"
+
+
+def _uncompressed_size(path: Path, chunk_bytes: int = 1 << 20) -> int:
+    if not path.name.endswith(".gz"):
+        return path.stat().st_size
+    size = 0
+    with gzip.open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(chunk_bytes), b""):
+            size += len(chunk)
+    return size
 
 
 def _describe(exc: BaseException, path=None) -> str:

@@ -76,7 +76,11 @@ def test_truncated_uncompressed(tmp_path):
 def test_truncated_gzip(tmp_path):
     path = tmp_path / "sub-01_T1w.nii.gz"
     path.write_bytes(T1W.read_bytes()[:300_000])
-    assert _reason(path).startswith("truncated or corrupt voxel data")
+    assert _reason(path).startswith("corrupt voxel data")  # the gzip stream ends mid-way
+    header_only = tmp_path / "sub-02_T1w.nii.gz"
+    header_only.write_bytes(gzip.compress(gzip.decompress(T1W.read_bytes())[:352 + 1000]))
+    assert _reason(header_only) == ("truncated: the header promises 2301120 bytes of voxel data "
+                                    "(170x36x188 int16), the file holds 1000")
 
 
 def test_two_dimensional(tmp_path):

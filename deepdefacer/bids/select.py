@@ -108,7 +108,9 @@ def select_scans(layout, participant_labels=None, session_labels=None,
     """
     root = Path(layout.root)
     bids_filters = bids_filters or {}
-    subjects = sorted(layout.get_subjects())
+    # Labels from the folder names (what BIDS defines them by); pybids' get_subjects() builds
+    # every file's entities and takes seconds on large datasets.
+    subjects = _folder_labels(root, "sub-")
     if participant_labels:
         unknown = sorted(set(participant_labels) - set(subjects))
         if unknown:
@@ -116,7 +118,8 @@ def select_scans(layout, participant_labels=None, session_labels=None,
                                    + ", ".join(f"sub-{label}" for label in unknown)
                                    + f" (the dataset has {_list_labels('sub-', subjects)})")
     if session_labels:
-        sessions = sorted(layout.get_sessions(subject=participant_labels or subjects))
+        sessions = sorted({label for subject in participant_labels or subjects
+                           for label in _folder_labels(root / f"sub-{subject}", "ses-")})
         unknown = sorted(set(session_labels) - set(sessions))
         if unknown:
             raise InputError(root, "session(s) not found: "
@@ -124,19 +127,30 @@ def select_scans(layout, participant_labels=None, session_labels=None,
                                    + f" (the selected participants have "
                                      f"{_list_labels('ses-', sessions)})")
 
+    # One query for the suffixes without filters, one per filtered suffix (the filters differ).
+    unfiltered = [suffix for suffix in suffixes if suffix.lower() not in bids_filters]
+    queries = [(unfiltered, {})] if unfiltered else []
+    queries += [([suffix], bids_filters[suffix.lower()]) for suffix in suffixes
+                if suffix.lower() in bids_filters]
     scans = {}
-    for suffix in suffixes:
-        query = {"datatype": "anat", "suffix": suffix, "extension": list(NIFTI_EXTENSIONS)}
+    for query_suffixes, filters in queries:
+        query = {"datatype": "anat", "suffix": query_suffixes,
+                 "extension": list(NIFTI_EXTENSIONS)}
         if participant_labels:
             query["subject"] = list(participant_labels)
         if session_labels:
             query["session"] = list(session_labels)
-        query.update(_pybids_filters(bids_filters.get(suffix.lower(), {})))
-        for found in layout.get(return_type="object", **query):
-            scan = _scan_from_path(root, Path(found.path))
+        query.update(_pybids_filters(filters))
+        # Paths, not pybids objects: building objects costs seconds on large datasets.
+        for found in layout.get(return_type="filename", **query):
+            scan = _scan_from_path(root, Path(found))
             if scan is not None:
                 scans[scan.relpath] = scan
     return [scans[relpath] for relpath in sorted(scans)]
+
+
+def _folder_labels(folder: Path, prefix: str) -> list:
+    return sorted(path.name[len(prefix):] for path in folder.glob(prefix + "*") if path.is_dir())
 
 
 def _scan_from_path(root: Path, path: Path) -> Scan | None:
