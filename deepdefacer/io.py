@@ -191,7 +191,12 @@ def write_json(obj, final_path) -> None:
 
 
 def create_json_exclusive(obj, final_path) -> bool:
-    """Create final_path with obj unless it exists; True if this call created it.
+    """Create final_path with obj unless it exists; True if this call created it."""
+    return create_text_exclusive(json.dumps(obj, indent=2) + "\n", final_path)
+
+
+def create_text_exclusive(text: str, final_path) -> bool:
+    """Create final_path with text unless it exists; True if this call created it.
 
     Safe when several processes (SLURM array tasks) race: the complete file is written under a
     temporary name, then hard-linked to the final name, which fails if another process got there
@@ -201,7 +206,7 @@ def create_json_exclusive(obj, final_path) -> bool:
     final_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_path(final_path)
     try:
-        temporary.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+        temporary.write_text(text, encoding="utf-8")
         _fsync(temporary)
         try:
             os.link(temporary, final_path)
@@ -214,7 +219,7 @@ def create_json_exclusive(obj, final_path) -> bool:
             except FileExistsError:
                 return False
             with os.fdopen(fd, "w", encoding="utf-8") as stream:
-                stream.write(temporary.read_text(encoding="utf-8"))
+                stream.write(text)
         return True
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -24,7 +24,7 @@ from deepdefacer.bids.jobs import Job, MaskGroup
 from deepdefacer.bids.names import BidsName
 from deepdefacer.bids.select import Scan
 from deepdefacer.errors import InputError
-from deepdefacer.io import create_json_exclusive, read_json
+from deepdefacer.io import create_json_exclusive, create_text_exclusive, read_json
 
 LAYOUTS = ("derivatives", "bids")
 SOFTWARE_NAME = "Deepdefacer"
@@ -136,6 +136,7 @@ def provenance_key(model_sha256: str, input_sha256: dict, mask_source: str,
 def image_sidecar(scan: Scan, mask_relpath: str, provenance: dict) -> dict:
     sidecar = {key: value for key, value in scan.metadata.items() if key != "Sources"}
     sidecar["Sources"] = [source_uri(scan.relpath, "derivatives"), f"bids::{mask_relpath}"]
+    sidecar["SkullStripped"] = False  # required for image derivatives; the brain is untouched
     sidecar[PROVENANCE_KEY] = provenance
     return sidecar
 
@@ -144,6 +145,7 @@ def mask_sidecar(group: MaskGroup, reference: Scan, layout: str, provenance: dic
     return {
         "Sources": [source_uri(reference.relpath, layout)],
         "Description": "Face mask: 1 = voxel removed by Deepdefacer",
+        "SkullStripped": False,
         "AppliedTo": [source_uri(scan.relpath, layout) for scan in group.scans],
         PROVENANCE_KEY: provenance,
     }
@@ -208,6 +210,20 @@ def derivative_description(source_description: dict, bids_dir) -> dict:
     return description
 
 
+DERIVATIVE_README = """Deepdefacer outputs
+===================
+
+Anatomical images of the source dataset (see SourceDatasets in dataset_description.json) with the
+face removed by Deepdefacer:
+
+- `*_desc-defaced_<suffix>.nii[.gz]`: the source image with the voxels of the face set to zero;
+  every other voxel, the header, data type and scaling are those of the source.
+- `*_mod-<suffix>_defacemask.nii.gz`: the mask of removed voxels (1 = removed) on the image's grid.
+- Each JSON sidecar lists its `Sources` as BIDS URIs and, under "Deepdefacer", the provenance:
+  version, model file and sha256, input sha256, device, seconds and command line.
+"""
+
+
 def prepare_output_dataset(output_dir, bids_dir, source_description: dict, layout: str) -> None:
     """Create the output's dataset_description.json once, or check the one there is ours.
 
@@ -225,6 +241,7 @@ def prepare_output_dataset(output_dir, bids_dir, source_description: dict, layou
             raise InputError(output_dir, "output folder holds another dataset (its "
                                          "dataset_description.json was not written by "
                                          "Deepdefacer); choose an empty folder")
+        create_text_exclusive(DERIVATIVE_README, output_dir / "README.md")
     elif description_path.exists():
         existing = _read_description(description_path)
         if existing != source_description:
