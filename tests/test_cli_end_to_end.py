@@ -1,0 +1,360 @@
+"""The BIDS App end to end on examples/ds-demo with the shipped model (load_defacer()).
+
+The input is a read-only copy whose checksums are compared after every run. Runs happen in this
+process so the model is loaded once; the killed-run test uses a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bids_app_helpers import (DEMO, HEADS, REPO, checksums, copy_read_only, make_writable,
+                              needs_shared_data, nifti_bytes)
+from deepdefacer import io
+from deepdefacer.bids.validate import validate_dataset
+from deepdefacer.cli import deface_one
+from deepdefacer.cli.run import main
+
+pytestmark = [needs_shared_data, pytest.mark.slow]
+
+SCANS = ["sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz", "sub-01/ses-1/anat/sub-01_ses-1_T2w.nii.gz",
+         "sub-01/ses-2/anat/sub-01_ses-2_PDw.nii.gz", "sub-02/anat/sub-02_run-1_T1w.nii.gz",
+         "sub-02/anat/sub-02_run-2_T1w.nii"]
+
+
+def derivative_paths(relpath: str):
+    """(defaced image, its sidecar, mask) of a source scan in the derivatives layout."""
+    folder, _, name = relpath.rpartition("/")
+    stem, extension = io.split_extension(name)
+    entities, _, suffix = stem.rpartition("_")
+    return (f"{folder}/{entities}_desc-defaced_{suffix}{extension}",
+            f"{folder}/{entities}_desc-defaced_{suffix}.json",
+            f"{folder}/{entities}_mod-{suffix}_defacemask.nii.gz")
+
+
+def bids_mask_path(relpath: str) -> str:
+    folder, _, name = relpath.rpartition("/")
+    entities, _, suffix = io.split_extension(name)[0].rpartition("_")
+    return f"{folder}/{entities}_mod-{suffix}_defacemask.nii.gz"
+
+
+def assert_defaced_copy(source: Path, defaced: Path, mask_path: Path):
+    """Outside the mask every raw voxel is bit-identical; header, dtype, scaling are the source's."""
+    source_img, defaced_img = nib.load(source), nib.load(defaced)
+    mask = np.asanyarray(nib.load(mask_path).dataobj)
+    assert mask.dtype == np.uint8 and mask.shape == source_img.shape[:3]
+    assert set(np.unique(mask)) <= {0, 1}
+    assert mask.sum() > 0, f"{source.name}: the model removed nothing"
+    offset = int(source_img.dataobj.offset)
+    assert nifti_bytes(defaced)[:offset] == nifti_bytes(source)[:offset], "header bytes differ"
+    assert defaced_img.get_data_dtype() == source_img.get_data_dtype()
+    assert (defaced_img.dataobj.slope, defaced_img.dataobj.inter) == \
+        (source_img.dataobj.slope, source_img.dataobj.inter)
+    np.testing.assert_array_equal(defaced_img.affine, source_img.affine)
+    raw_source = np.asanyarray(source_img.dataobj.get_unscaled())
+    raw_defaced = np.asanyarray(defaced_img.dataobj.get_unscaled())
+    outside = mask.reshape(raw_source.shape) == 0
+    np.testing.assert_array_equal(raw_defaced[outside], raw_source[outside])
+    assert np.any(raw_defaced[~outside] != raw_source[~outside]), "nothing changed in the mask"
+
+
+def assert_validates(folder: Path):
+    result = validate_dataset(folder)
+    assert result.errors == [], result.summary()
+
+
+@pytest.fixture(scope="module")
+def defacer():
+    from deepdefacer.model import load_defacer
+
+    return load_defacer(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    folder = copy_read_only(DEMO, tmp_path_factory.mktemp("input") / "ds-demo")
+    before = checksums(folder)
+    yield folder
+    assert checksums(folder) == before, "the input dataset was modified"
+    make_writable(folder)
+
+
+@pytest.fixture(scope="module")
+def derivatives(dataset, tmp_path_factory):
+    output = tmp_path_factory.mktemp("derivatives") / "out"
+    status = main([str(dataset), str(output), "participant", "--device", "cpu", "--quiet"])
+    assert status == 0
+    return output
+
+
+@pytest.fixture(scope="module")
+def bids_copy(dataset, tmp_path_factory):
+    output = tmp_path_factory.mktemp("bids") / "out"
+    status = main([str(dataset), str(output), "participant", "--layout", "bids", "--device",
+                   "cpu", "--quiet"])
+    assert status == 0
+    return output
+
+
+# ---------------------------------------------------------------------------------------------
+# --layout derivatives
+
+
+def test_derivatives_validate_with_zero_errors(derivatives):
+    assert_validates(derivatives)
+    description = json.loads((derivatives / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Name"] == "Deepdefacer"
+    assert description["GeneratedBy"][0]["Version"] == (REPO / "version").read_text().strip()
+    assert description["DatasetLinks"]["raw"].startswith("file://")
+
+
+@pytest.mark.parametrize("relpath", SCANS)
+def test_derivative_is_the_input_with_only_the_face_changed(relpath, dataset, derivatives):
+    image, _, mask = derivative_paths(relpath)
+    assert_defaced_copy(dataset / relpath, derivatives / image, derivatives / mask)
+
+
+@pytest.mark.parametrize("relpath", SCANS)
+def test_sidecars_carry_sources_metadata_and_provenance(relpath, dataset, derivatives,
+                                                        defacer):
+    _, sidecar_path, mask = derivative_paths(relpath)
+    sidecar = json.loads((derivatives / sidecar_path).read_text())
+    assert sidecar["Sources"] == [f"bids:raw:{relpath}", f"bids::{mask}"]
+    provenance = sidecar["Deepdefacer"]
+    assert provenance["Model"] == defacer.model_name
+    assert provenance["ModelSHA256"] == defacer.model_sha256
+    assert provenance["InputSHA256"] == io.sha256_file(dataset / relpath)
+    assert provenance["Device"] == str(defacer.device)
+    assert provenance["Seconds"] > 0
+    assert provenance["CommandLine"].startswith("deepdefacer ")
+    assert provenance["Version"] == (REPO / "version").read_text().strip()
+    if relpath.startswith("sub-01"):  # acquisition metadata of the source sidecar
+        assert sidecar["MagneticFieldStrength"] == 1.5
+    mask_sidecar = json.loads((derivatives / mask.replace(".nii.gz", ".json")).read_text())
+    assert mask_sidecar["Sources"] == [f"bids:raw:{relpath}"]
+
+
+def test_no_other_files_in_derivatives(derivatives):
+    expected = {"dataset_description.json", "README.md"}
+    for relpath in SCANS:
+        image, sidecar, mask = derivative_paths(relpath)
+        expected |= {image, sidecar, mask, mask.replace(".nii.gz", ".json")}
+    written = {p.relative_to(derivatives).as_posix() for p in derivatives.rglob("*")
+               if p.is_file()}
+    assert written == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# --layout bids
+
+
+def test_bids_copy_validates_with_zero_errors(bids_copy):
+    assert_validates(bids_copy)
+
+
+def test_bids_copy_has_every_file_with_anatomy_defaced(dataset, bids_copy):
+    source_files = {p.relative_to(dataset).as_posix() for p in dataset.rglob("*") if p.is_file()}
+    copied = {p.relative_to(bids_copy).as_posix() for p in bids_copy.rglob("*") if p.is_file()}
+    masks = {bids_mask_path(relpath) for relpath in SCANS}
+    assert copied == source_files | masks | {m.replace(".nii.gz", ".json") for m in masks}
+    for relpath in source_files - set(SCANS):
+        assert (bids_copy / relpath).read_bytes() == (dataset / relpath).read_bytes()
+    for relpath in SCANS:
+        assert_defaced_copy(dataset / relpath, bids_copy / relpath,
+                            bids_copy / bids_mask_path(relpath))
+
+
+# ---------------------------------------------------------------------------------------------
+# Re-runs
+
+
+def test_rerun_skips_up_to_date_scans_and_overwrite_redoes_them(dataset, derivatives, capsys):
+    image = derivatives / derivative_paths(SCANS[0])[0]
+    inode = image.stat().st_ino
+    assert main([str(dataset), str(derivatives), "participant", "--skip-bids-validation",
+                 "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "5 scan(s): 0 defaced, 5 already up to date, 0 failed" in err
+    assert image.stat().st_ino == inode  # not rewritten
+
+    assert main([str(dataset), str(derivatives), "participant", "--skip-bids-validation",
+                 "--device", "cpu", "--overwrite", "--participant-label", "sub-01"]) == 0
+    assert "3 scan(s): 3 defaced, 0 already up to date, 0 failed" in capsys.readouterr().err
+    assert image.stat().st_ino != inode  # a new file renamed into place
+    assert_defaced_copy(dataset / SCANS[0], image, derivatives / derivative_paths(SCANS[0])[2])
+
+
+def test_changed_input_is_redone(dataset, derivatives, tmp_path, capsys):
+    # A sidecar whose recorded input checksum differs (as after the input changed) is redone.
+    _, sidecar_path, _ = derivative_paths(SCANS[2])
+    sidecar = json.loads((derivatives / sidecar_path).read_text())
+    sidecar["Deepdefacer"]["InputSHA256"] = "0" * 64
+    (derivatives / sidecar_path).write_text(json.dumps(sidecar))
+    assert main([str(dataset), str(derivatives), "participant", "--skip-bids-validation",
+                 "--device", "cpu", "--participant-label", "01", "--session-label", "2"]) == 0
+    assert "1 scan(s): 1 defaced, 0 already up to date" in capsys.readouterr().err
+    recorded = json.loads((derivatives / sidecar_path).read_text())["Deepdefacer"]
+    assert recorded["InputSHA256"] == io.sha256_file(dataset / SCANS[2])
+
+
+# ---------------------------------------------------------------------------------------------
+# Interrupted runs
+
+
+def test_interrupt_while_writing_leaves_no_partial_file(dataset, tmp_path, monkeypatch):
+    output = tmp_path / "out"
+    real_replace = os.replace
+    calls = []
+
+    def replace_then_interrupt(source, target):
+        calls.append(target)
+        if len(calls) == 3:  # mid-way through the first job's files
+            raise KeyboardInterrupt
+        return real_replace(source, target)
+
+    monkeypatch.setattr(io.os, "replace", replace_then_interrupt)
+    status = main([str(dataset), str(output), "participant", "--skip-bids-validation",
+                   "--device", "cpu", "--quiet"])
+    assert status == 130
+    leftovers = [p for p in output.rglob("*") if io.TEMPORARY_MARKER in p.name]
+    assert leftovers == []
+    for path in output.rglob("*.nii*"):
+        assert io.is_complete_nifti(path), path
+    monkeypatch.setattr(io.os, "replace", real_replace)
+    assert main([str(dataset), str(output), "participant", "--skip-bids-validation",
+                 "--device", "cpu", "--quiet"]) == 0
+    assert_validates(output)
+
+
+def test_killed_process_leaves_only_complete_files(dataset, tmp_path):
+    output = tmp_path / "out"
+    command = [sys.executable, str(REPO / "run.py"), str(dataset), str(output), "participant",
+               "--skip-bids-validation", "--device", "cpu"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    for line in process.stderr:  # kill right after the first scan is done, mid-way through
+        if line.startswith("defaced ") or time.monotonic() > deadline:
+            break
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    finals = [p for p in output.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    assert any(p.name.endswith("_desc-defaced_T1w.nii.gz") for p in finals)
+    for path in finals:
+        if ".nii" in path.name:
+            assert io.is_complete_nifti(path), path
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+    # The next run finishes the job and removes any temporaries the kill left.
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr
+    assert [p for p in output.rglob("*") if io.TEMPORARY_MARKER in p.name] == []
+    assert_validates(output)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input files among good ones
+
+
+def test_bad_files_fail_one_by_one_while_the_rest_is_defaced(tmp_path, capsys):
+    dataset = tmp_path / "ds"
+    shutil.copytree(DEMO, dataset)
+    shutil.rmtree(dataset / "sub-02")
+    anat = dataset / "sub-03" / "anat"
+    anat.mkdir(parents=True)
+    head = nib.load(HEADS / "ixi002_t1_6mm.nii.gz")
+    (anat / "sub-03_run-1_T1w.nii.gz").write_bytes(
+        (HEADS / "ixi002_t1_6mm.nii.gz").read_bytes()[:200_000])
+    (anat / "sub-03_run-2_T1w.nii.gz").write_text("not an image\n")
+    data = np.asanyarray(head.dataobj)
+    nib.save(nib.Nifti1Image(np.stack([data, data], -1), head.affine),
+             anat / "sub-03_run-3_T1w.nii.gz")
+    with_nan = head.get_fdata().astype(np.float32)
+    with_nan[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(with_nan, head.affine), anat / "sub-03_run-4_T1w.nii.gz")
+    (anat / "sub-03_T2w.nii.gz").symlink_to("../../.git/annex/objects/missing.nii.gz")
+    (dataset / "participants.tsv").write_text("participant_id\tsource\nsub-01\tIXI002\n"
+                                              "sub-03\tbroken files\n")
+    output = tmp_path / "out"
+    status = main([str(dataset), str(output), "participant", "--skip-bids-validation",
+                   "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "Traceback" not in err
+    assert "8 scan(s): 3 defaced, 0 already up to date, 5 failed" in err
+    failed = dict(re.findall(r"^  (\S+): (.+)$", err, flags=re.MULTILINE))
+    assert failed["sub-03/anat/sub-03_run-1_T1w.nii.gz"].startswith("corrupt voxel data")
+    assert failed["sub-03/anat/sub-03_run-2_T1w.nii.gz"].startswith("not a readable NIfTI")
+    assert failed["sub-03/anat/sub-03_run-3_T1w.nii.gz"].startswith("4D image")
+    assert failed["sub-03/anat/sub-03_run-4_T1w.nii.gz"] == "image contains 1 NaN or " \
+                                                            "infinite voxels"
+    assert failed["sub-03/anat/sub-03_T2w.nii.gz"].startswith("broken symbolic link")
+    for relpath in SCANS[:3]:
+        image, _, mask = derivative_paths(relpath)
+        assert_defaced_copy(dataset / relpath, output / image, output / mask)
+    assert not (output / "sub-03").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# --mask-from, --n-procs, deepdeface
+
+
+def test_mask_from_t1w_defaces_the_t2w_with_the_t1w_mask(dataset, tmp_path):
+    output = tmp_path / "out"
+    assert main([str(dataset), str(output), "participant", "--skip-bids-validation",
+                 "--device", "cpu", "--quiet", "--participant-label", "01", "--session-label",
+                 "1", "--mask-from", "T1w"]) == 0
+    t1_image, _, t1_mask = derivative_paths(SCANS[0])
+    t2_image, t2_sidecar, t2_mask = derivative_paths(SCANS[1])
+    assert_defaced_copy(dataset / SCANS[1], output / t2_image, output / t2_mask)
+    provenance = json.loads((output / t2_sidecar).read_text())["Deepdefacer"]
+    assert provenance["MaskSource"] == f"bids:raw:{SCANS[0]}"
+    # The T2w mask is the T1w mask carried through the affines (T1w is 6 mm in y, T2w in z).
+    t1w_mask_img, t2w_mask_img = nib.load(output / t1_mask), nib.load(output / t2_mask)
+    from deepdefacer.mask_transfer import resample_mask
+
+    carried = resample_mask(np.asanyarray(t1w_mask_img.dataobj), t1w_mask_img.affine,
+                            t2w_mask_img.shape, t2w_mask_img.affine)
+    np.testing.assert_array_equal(np.asanyarray(t2w_mask_img.dataobj), carried)
+
+
+def test_parallel_processes(dataset, tmp_path):
+    output = tmp_path / "out"
+    assert main([str(dataset), str(output), "participant", "--skip-bids-validation",
+                 "--device", "cpu", "--quiet", "--participant-label", "01", "--n-procs",
+                 "2"]) == 0
+    for relpath in SCANS[:3]:
+        image, _, mask = derivative_paths(relpath)
+        assert_defaced_copy(dataset / relpath, output / image, output / mask)
+
+
+def test_deepdeface_one_file_with_applyto(tmp_path, capsys):
+    t1, t2 = tmp_path / "t1.nii.gz", tmp_path / "t2.nii.gz"
+    shutil.copy(HEADS / "ixi002_t1_6mm.nii.gz", t1)
+    shutil.copy(HEADS / "ixi002_t2_6mm.nii.gz", t2)
+    status = deface_one.main([str(t1), "-o", str(tmp_path / "t1_out.nii.gz"), "--mask-out",
+                              str(tmp_path / "mask.nii.gz"), "--applyto", str(t2),
+                              "--device", "cpu"])
+    assert status == 0, capsys.readouterr().err
+    assert_defaced_copy(t1, tmp_path / "t1_out.nii.gz", tmp_path / "mask.nii.gz")
+    mask_img = nib.load(tmp_path / "mask.nii.gz")
+    from deepdefacer.mask_transfer import resample_mask
+
+    t2_img = nib.load(t2)
+    t2_mask = resample_mask(np.asanyarray(mask_img.dataobj), mask_img.affine, t2_img.shape,
+                            t2_img.affine)
+    nib.save(nib.Nifti1Image(t2_mask, t2_img.affine), tmp_path / "t2_mask.nii.gz")
+    assert_defaced_copy(t2, tmp_path / "t2_defaced.nii.gz", tmp_path / "t2_mask.nii.gz")
