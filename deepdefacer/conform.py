@@ -1,0 +1,224 @@
+"""Conform any head scan onto the model's canonical grid, and map results back.
+
+The canonical grid is a cube of ``size`` voxels of ``voxel_mm`` each, with its axes
+along scanner RAS (so any of the 48 axis orders, and oblique affines, land the same
+way), centred left-right and front-back on the head and hanging from the top of the
+head. A fixed physical voxel size keeps heads at one scale for the network whatever
+the field of view; the top-of-head anchor keeps the face inside the cube for scans
+that include the neck.
+
+Everything here is a pure function of arrays and affines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+
+@dataclass(frozen=True)
+class GridPlan:
+    """The canonical grid a model was trained on (stored in its model card)."""
+
+    size: int = 64
+    voxel_mm: float = 4.0
+    top_margin_mm: float = 12.0
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.size, self.size, self.size)
+
+
+@dataclass
+class Conformed:
+    """An image on the canonical grid and the affine of that grid (voxel -> RAS mm)."""
+
+    array: np.ndarray
+    affine_ras: np.ndarray
+
+
+def voxel_sizes(affine: np.ndarray) -> np.ndarray:
+    return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+
+
+def block_reduce(data: np.ndarray, affine: np.ndarray, target_mm: float):
+    """Average whole blocks of voxels so each is at most about ``target_mm`` / 1.5.
+
+    Trilinear sampling of a 1 mm scan onto 4 mm voxels aliases; block averaging
+    first is the cheapest anti-aliasing (no full-resolution filtering).
+    """
+    factors = np.maximum(1, np.floor(target_mm / (1.5 * voxel_sizes(affine)))).astype(int)
+    if np.all(factors == 1):
+        return data, affine
+    trimmed = [(n // f) * f for n, f in zip(data.shape, factors)]
+    view = data[: trimmed[0], : trimmed[1], : trimmed[2]]
+    shape = []
+    for n, f in zip(trimmed, factors):
+        shape += [n // f, f]
+    reduced = view.reshape(shape).mean(axis=(1, 3, 5), dtype=np.float32)
+    scale = np.diag(list(factors) + [1]).astype(float)
+    scale[:3, 3] = (factors - 1) / 2.0
+    return reduced, np.asarray(affine) @ scale
+
+
+def head_mask_coarse(data: np.ndarray) -> np.ndarray:
+    """Foreground of a (coarse) head image: the largest bright connected region."""
+    smooth = ndimage.gaussian_filter(data.astype(np.float32, copy=False), 1.0)
+    finite = smooth[np.isfinite(smooth)]
+    low, high = np.percentile(finite, [1, 99.5]) if finite.size else (0.0, 0.0)
+    if high <= low:
+        return np.zeros(data.shape, bool)
+    mask = smooth > low + 0.12 * (high - low)
+    labels, count = ndimage.label(mask)
+    if count > 1:
+        sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
+        mask = labels == (1 + int(np.argmax(sizes)))
+    return mask
+
+
+def head_box_ras(data: np.ndarray, affine: np.ndarray, step_mm: float = 4.0):
+    """(min, max) corners in RAS mm of the head, found on a strided copy of the scan."""
+    steps = np.maximum(1, np.round(step_mm / voxel_sizes(affine))).astype(int)
+    coarse = np.asarray(data[:: steps[0], :: steps[1], :: steps[2]], dtype=np.float32)
+    mask = head_mask_coarse(coarse)
+    if not mask.any():
+        mask = np.ones(coarse.shape, bool)
+    ijk = np.array(np.nonzero(mask), dtype=float) * steps[:, None]
+    # Corners of the occupied voxels, so a single slice still has a thickness.
+    lo, hi = ijk.min(axis=1) - steps / 2.0, ijk.max(axis=1) + steps / 2.0
+    corners = np.array(np.meshgrid(*zip(lo, hi), indexing="ij")).reshape(3, -1)
+    ras = np.asarray(affine)[:3, :3] @ corners + np.asarray(affine)[:3, 3:4]
+    return ras.min(axis=1), ras.max(axis=1)
+
+
+def cube_affine(box_min: np.ndarray, box_max: np.ndarray, plan: GridPlan) -> np.ndarray:
+    """Affine of the canonical cube for a head occupying the RAS box."""
+    side = plan.size * plan.voxel_mm
+    centre = (np.asarray(box_min) + np.asarray(box_max)) / 2.0
+    # The cube hangs from the top of the head: scans with a long neck keep the face
+    # inside, and a slab (cropped field of view) sits where the top of a head would.
+    centre[2] = box_max[2] + plan.top_margin_mm - side / 2.0
+    origin = centre - (plan.size - 1) / 2.0 * plan.voxel_mm
+    affine = np.diag([plan.voxel_mm] * 3 + [1.0])
+    affine[:3, 3] = origin
+    return affine
+
+
+def _linear_weights(n_out: int, n_in: int, scale: float, offset: float) -> np.ndarray:
+    """Matrix (n_out x n_in) of 1D linear-interpolation weights, zero outside the input."""
+    coords = scale * np.arange(n_out) + offset
+    weights = np.zeros((n_out, n_in), np.float32)
+    lower = np.floor(coords).astype(int)
+    frac = (coords - lower).astype(np.float32)
+    rows = np.arange(n_out)
+    for index, weight in ((lower, 1 - frac), (lower + 1, frac)):
+        valid = (index >= 0) & (index < n_in)
+        weights[rows[valid], index[valid]] += weight[valid]
+    # Points beyond the outer voxel centres are outside the image (constant mode).
+    outside = (coords < -1e-6) | (coords > n_in - 1 + 1e-6)
+    weights[outside] = 0
+    return weights
+
+
+def _axis_permutation(matrix: np.ndarray):
+    """Input axis fed by each output axis, if the mapping is a scaled permutation.
+
+    ``matrix[i, j]`` is how input coordinate i moves with output coordinate j.
+    """
+    nonzero = np.abs(matrix) > 1e-6 * np.abs(matrix).max()
+    if not (np.all(nonzero.sum(axis=1) == 1) and np.all(nonzero.sum(axis=0) == 1)):
+        return None
+    return [int(np.argmax(nonzero[:, j])) for j in range(3)]
+
+
+def resample(data: np.ndarray, affine_in: np.ndarray, affine_out: np.ndarray, shape_out,
+             order: int = 1, cval: float = 0.0) -> np.ndarray:
+    """Sample ``data`` (grid ``affine_in``) on the grid ``affine_out`` of ``shape_out``.
+
+    Trilinear. When the two grids differ only by axis order, flips and scaling (any
+    non-oblique scan against the RAS cube) it runs as three small matrix products,
+    which is 50-100x faster than a general affine transform on 10 M voxel scans.
+    """
+    shape_out = tuple(int(n) for n in shape_out)
+    mapping = np.linalg.inv(affine_in) @ affine_out
+    data = np.asarray(data, dtype=np.float32)
+    permutation = _axis_permutation(mapping[:3, :3]) if order == 1 else None
+    if permutation is not None:
+        out = data - cval if cval else data
+        # Contract input axis permutation[i] into output axis i, one axis at a time.
+        out = np.transpose(out, permutation)
+        for axis in range(3):
+            source = permutation[axis]
+            weights = _linear_weights(shape_out[axis], out.shape[axis],
+                                      mapping[source, axis], mapping[source, 3])
+            out = np.moveaxis(np.tensordot(weights, out, axes=([1], [axis])), 0, axis)
+        out = np.ascontiguousarray(out, dtype=np.float32)
+        return out + cval if cval else out
+    return ndimage.affine_transform(
+        data, mapping[:3, :3], offset=mapping[:3, 3],
+        output_shape=shape_out, order=order, mode="constant",
+        cval=cval, prefilter=False, output=np.float32,
+    )
+
+
+def normalise(cube: np.ndarray) -> np.ndarray:
+    """Robust intensity scaling: background to 0, bright head tissue to about 1.
+
+    Percentiles rather than min-max: one hot voxel (vessel, artefact) or a
+    background offset must not change the scaling.
+    """
+    low = float(np.percentile(cube, 2))
+    head = cube[cube > low + 0.05 * (float(cube.max()) - low)]
+    high = float(np.percentile(head, 98)) if head.size else low + 1.0
+    if high <= low:
+        return np.zeros_like(cube, dtype=np.float32)
+    return np.clip((cube - low) / (high - low), 0.0, 1.5).astype(np.float32)
+
+
+def conform(data: np.ndarray, affine: np.ndarray, plan: GridPlan) -> Conformed:
+    """Native scan -> normalised canonical cube (RAS axes, fixed voxel size)."""
+    data = np.asarray(data, dtype=np.float32)
+    box_min, box_max = head_box_ras(data, affine)
+    target = cube_affine(box_min, box_max, plan)
+    reduced, reduced_affine = block_reduce(data, affine, plan.voxel_mm)
+    cube = resample(reduced, reduced_affine, target, plan.shape, order=1,
+                    cval=float(np.min(reduced)) if reduced.size else 0.0)
+    return Conformed(normalise(cube), target)
+
+
+def to_native(cube: np.ndarray, cube_affine_ras: np.ndarray, native_affine: np.ndarray,
+              native_shape, box=None) -> np.ndarray:
+    """Trilinear map of a cube-grid quantity (a probability) onto the native grid.
+
+    ``box`` = (lo, hi) voxel index bounds on the native grid limits the work to
+    where the quantity can be non-zero; outside it the result is 0.
+    """
+    native_shape = tuple(int(n) for n in native_shape)
+    if box is None:
+        return resample(cube, cube_affine_ras, native_affine, native_shape, order=1)
+    lo, hi = (np.asarray(b, dtype=int) for b in box)
+    out = np.zeros(native_shape, np.float32)
+    if np.any(hi <= lo):
+        return out
+    shift = np.eye(4)
+    shift[:3, 3] = lo
+    out[lo[0]: hi[0], lo[1]: hi[1], lo[2]: hi[2]] = resample(
+        cube, cube_affine_ras, np.asarray(native_affine) @ shift, hi - lo, order=1)
+    return out
+
+
+def native_box(cube_mask: np.ndarray, cube_affine_ras: np.ndarray, native_affine: np.ndarray,
+               native_shape, pad_voxels: int = 2):
+    """Native voxel-index bounds (lo, hi) that contain a mask given on the cube grid."""
+    if not cube_mask.any():
+        return np.zeros(3, int), np.zeros(3, int)
+    ijk = np.array(np.nonzero(cube_mask), dtype=float)
+    lo, hi = ijk.min(axis=1) - pad_voxels, ijk.max(axis=1) + pad_voxels
+    corners = np.array(np.meshgrid(*zip(lo, hi), indexing="ij")).reshape(3, -1)
+    mapping = np.linalg.inv(native_affine) @ cube_affine_ras
+    native = mapping[:3, :3] @ corners + mapping[:3, 3:4]
+    low = np.clip(np.floor(native.min(axis=1)).astype(int), 0, native_shape)
+    high = np.clip(np.ceil(native.max(axis=1)).astype(int) + 1, 0, native_shape)
+    return low, high

@@ -1,0 +1,149 @@
+"""deface(img) -> (defaced_img, mask_img): the whole method on one screen.
+
+conform -> predict -> back to the input grid -> clean up -> guard the brain -> apply.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from deepdefacer.conform import conform, native_box, to_native, voxel_sizes
+from deepdefacer.errors import InputError
+
+
+def deface(img, defacer=None):
+    """Remove the face from a nibabel image.
+
+    Returns the defaced image (the input's header, dtype, scaling and affine; voxels
+    outside the mask bit-identical) and the mask (uint8, 1 = removed) on the input grid.
+    """
+    if defacer is None:
+        from deepdefacer.model import default_defacer
+
+        defacer = default_defacer()
+    data = image_data(img)
+    conformed = conform(data, img.affine, defacer.plan)
+    face_cube, brain_cube = defacer.predict(conformed.array)
+    face_cube = largest_region(face_cube, defacer.face_threshold)
+    guard_cube = brain_guard_field(brain_cube, defacer.brain_threshold,
+                                   defacer.brain_margin_mm, defacer.plan.voxel_mm)
+    box = native_box(face_cube >= defacer.face_threshold / 2, conformed.affine_ras,
+                     img.affine, data.shape)
+    face_native = to_native(face_cube, conformed.affine_ras, img.affine, data.shape, box)
+    guard_native = to_native(guard_cube, conformed.affine_ras, img.affine, data.shape, box)
+    mask = (face_native >= defacer.face_threshold) & (guard_native <= 0)
+    mask = largest_region_in_box(mask, box)
+    return apply_mask(img, mask), mask_image(img, mask)
+
+
+def image_data(img) -> np.ndarray:
+    """The image as float32 3D array, or an InputError saying why it cannot be defaced."""
+    name = img.get_filename() or "<image>"
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise InputError(name, f"expected a 3D image, got {len(img.shape)}D with shape {img.shape}")
+    if min(shape) < 4:
+        raise InputError(name, f"image is too thin to be a head scan (shape {img.shape})")
+    if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-9:
+        raise InputError(name, "the image affine is not a valid voxel-to-world transform")
+    try:
+        data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape)
+    except Exception as exc:  # truncated or corrupt files surface here
+        raise InputError(name, f"cannot read the image data ({exc})") from exc
+    if not np.all(np.isfinite(data)):
+        raise InputError(name, "image contains NaN or infinite values")
+    if float(data.max()) <= float(data.min()):
+        raise InputError(name, "image is empty (all voxels have the same value)")
+    return data
+
+
+def largest_region(prob: np.ndarray, threshold: float) -> np.ndarray:
+    """Zero the probability outside the largest connected region above threshold."""
+    mask = prob >= threshold
+    labels, count = ndimage.label(mask)
+    if count <= 1:
+        return prob if count == 1 else np.zeros_like(prob)
+    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
+    keep = labels == (1 + int(np.argmax(sizes)))
+    # Keep the soft edge around the kept region, so the trilinear map back stays smooth.
+    keep = ndimage.binary_dilation(keep, iterations=1)
+    return np.where(keep, prob, 0.0).astype(np.float32)
+
+
+def brain_guard_field(brain_prob: np.ndarray, threshold: float, margin_mm: float,
+                      voxel_mm: float) -> np.ndarray:
+    """Signed field (mm): positive within ``margin_mm`` of the predicted brain.
+
+    A distance field, unlike a binary mask, interpolates smoothly onto fine native
+    grids, so the margin holds at the input's own resolution.
+    """
+    brain = brain_prob >= threshold
+    if not brain.any():
+        return np.full(brain_prob.shape, -1e3, np.float32)
+    distance = ndimage.distance_transform_edt(~brain, sampling=voxel_mm)
+    return (margin_mm - distance).astype(np.float32)
+
+
+def largest_region_in_box(mask: np.ndarray, box) -> np.ndarray:
+    lo, hi = box
+    if np.any(hi <= lo) or not mask.any():
+        return mask
+    sub = mask[lo[0]: hi[0], lo[1]: hi[1], lo[2]: hi[2]]
+    labels, count = ndimage.label(sub)
+    if count > 1:
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)
+        sub = labels == (1 + int(np.argmax(sizes[1:])))
+        out = np.zeros_like(mask)
+        out[lo[0]: hi[0], lo[1]: hi[1], lo[2]: hi[2]] = sub
+        return out
+    return mask
+
+
+def raw_zero(img):
+    """The stored (unscaled) value that reads back as intensity 0, or closest to it."""
+    dtype = img.get_data_dtype()
+    slope, inter = (img.dataobj.slope, img.dataobj.inter) if hasattr(img.dataobj, "slope") else (1.0, 0.0)
+    slope = 1.0 if not np.isfinite(slope) or slope == 0 else float(slope)
+    inter = 0.0 if not np.isfinite(inter) else float(inter)
+    value = -inter / slope + 0.0  # + 0.0: no negative zero
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return dtype.type(np.clip(np.round(value), info.min, info.max))
+    return dtype.type(value)
+
+
+def raw_array(img) -> np.ndarray:
+    """The stored values exactly as in the file (no scaling applied)."""
+    proxy = img.dataobj
+    if hasattr(proxy, "get_unscaled"):
+        return np.asarray(proxy.get_unscaled())
+    return np.asarray(proxy)
+
+
+def apply_mask(img, mask: np.ndarray):
+    """Set masked voxels to zero intensity in the stored values; keep everything else."""
+    raw = raw_array(img).copy()
+    raw.reshape(mask.shape)[mask] = raw_zero(img)
+    header = img.header.copy()
+    out = img.__class__(raw, img.affine, header)
+    # nibabel recomputes scaling for array images; pin the input's so raw values stay raw.
+    if hasattr(img.dataobj, "slope"):
+        out.header.set_slope_inter(img.dataobj.slope, img.dataobj.inter)
+    out.set_qform(*img.get_qform(coded=True))
+    out.set_sform(*img.get_sform(coded=True))
+    return out
+
+
+def mask_image(img, mask: np.ndarray):
+    out = img.__class__(mask.astype(np.uint8), img.affine)
+    out.set_qform(*img.get_qform(coded=True))
+    out.set_sform(*img.get_sform(coded=True))
+    out.header.set_xyzt_units(*img.header.get_xyzt_units())
+    return out
+
+
+def physical_volume_ml(mask: np.ndarray, affine) -> float:
+    return float(mask.sum() * np.prod(voxel_sizes(affine)) / 1000.0)

@@ -1,0 +1,130 @@
+"""The shipped face/brain model: find it in the installed package, load it once, predict.
+
+A model is two files side by side in ``models/`` (installed as ``deepdefacer.models``):
+``<name>.keras`` (graph + weights) and ``<name>.json`` (its model card: the canonical
+grid it was trained on, thresholds, training data and metrics). Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from deepdefacer.conform import GridPlan
+
+DEFAULT_MODEL = "deepdefacer_unet_v1"
+
+
+def shipped_model_path(name: str = DEFAULT_MODEL) -> Path:
+    path = Path(str(resources.files("deepdefacer.models").joinpath(f"{name}.keras")))
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model file {path} is missing from the installed package; reinstall deepdefacer")
+    return path
+
+
+def sha256_of(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(chunk_bytes), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def configure_device(device: str = "auto") -> str:
+    """Pick TensorFlow's device before any op runs; return what will be used."""
+    if device not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"device must be auto, cpu or gpu, not {device!r}")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if device == "cpu":
+        # Hiding the GPU must happen before TensorFlow initialises it.
+        os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if device == "gpu" and not gpus:
+        raise RuntimeError("--device gpu was asked for but TensorFlow sees no GPU")
+    return "gpu" if gpus and device != "cpu" else "cpu"
+
+
+@dataclass
+class Defacer:
+    """A loaded model with its canonical grid and decision thresholds."""
+
+    model: object
+    path: Path
+    plan: GridPlan
+    face_threshold: float = 0.5
+    brain_threshold: float = 0.3
+    brain_margin_mm: float = 4.0
+    device: str = "cpu"
+    card: dict = field(default_factory=dict)
+    _sha256: str | None = None
+
+    @property
+    def model_name(self) -> str:
+        return self.path.name
+
+    @property
+    def model_sha256(self) -> str:
+        if self._sha256 is None:
+            self._sha256 = sha256_of(self.path)
+        return self._sha256
+
+    def predict(self, cube: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Face and brain probabilities on the canonical cube."""
+        batch = np.asarray(cube, np.float32)[None, ..., None]
+        out = np.asarray(self._forward(batch))[0]
+        return out[..., 0], out[..., 1]
+
+    def _forward(self, batch):
+        if not hasattr(self, "_compiled"):
+            import tensorflow as tf
+
+            # One traced graph for the fixed cube shape: no retracing per call.
+            self._compiled = tf.function(lambda x: self.model(x, training=False),
+                                         reduce_retracing=True)
+        return self._compiled(batch)
+
+    def deface(self, img):
+        from deepdefacer.deface import deface
+
+        return deface(img, self)
+
+
+def load_defacer(device: str = "auto", model_path: str | os.PathLike | None = None) -> Defacer:
+    """Load the shipped model (or ``model_path``) once; reuse it for every scan."""
+    used = configure_device(device)
+    import keras
+
+    path = Path(model_path) if model_path else shipped_model_path()
+    card_path = path.with_suffix(".json")
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    grid = card.get("grid", {})
+    thresholds = card.get("thresholds", {})
+    model = keras.models.load_model(path, compile=False)
+    size = int(model.input_shape[1])
+    plan = GridPlan(size=size, voxel_mm=float(grid.get("voxel_mm", 4.0)),
+                    top_margin_mm=float(grid.get("top_margin_mm", 12.0)))
+    return Defacer(model=model, path=path, plan=plan,
+                   face_threshold=float(thresholds.get("face", 0.5)),
+                   brain_threshold=float(thresholds.get("brain", 0.3)),
+                   brain_margin_mm=float(thresholds.get("brain_margin_mm", 4.0)),
+                   device=used, card=card)
+
+
+_DEFAULT: Defacer | None = None
+
+
+def default_defacer() -> Defacer:
+    """The shipped model, loaded on first use and kept for the process."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = load_defacer()
+    return _DEFAULT
