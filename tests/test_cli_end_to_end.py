@@ -148,10 +148,14 @@ def test_sidecars_carry_sources_metadata_and_provenance(relpath, dataset, deriva
 
 
 def test_no_other_files_in_derivatives(derivatives):
-    expected = {"dataset_description.json", "README.md"}
+    expected = {"dataset_description.json", "README.md", ".bidsignore"}
     for relpath in SCANS:
         image, sidecar, mask = derivative_paths(relpath)
         expected |= {image, sidecar, mask, mask.replace(".nii.gz", ".json")}
+        subject, stem = relpath.split("/")[0], io.split_extension(relpath)[0].split("/")[-1]
+        qc_stem = f"{subject}/figures/{stem}"
+        expected |= {f"{qc_stem}_desc-qc_{kind}" for kind in ("render.png", "slices.png",
+                                                                "verdict.json")}
     written = {p.relative_to(derivatives).as_posix() for p in derivatives.rglob("*")
                if p.is_file()}
     assert written == expected
@@ -159,6 +163,14 @@ def test_no_other_files_in_derivatives(derivatives):
 
 # ---------------------------------------------------------------------------------------------
 # --layout bids
+
+
+def test_group_level_writes_the_qc_report(dataset, derivatives):
+    assert main([str(dataset), str(derivatives), "group", "--quiet"]) in (0, 1)
+    summary = json.loads((derivatives / "qc_summary.json").read_text())
+    assert summary["n_scans"] == len(SCANS)
+    assert (derivatives / "qc_report.html").stat().st_size > 0
+    assert_validates(derivatives)  # the QC files are in .bidsignore
 
 
 def test_bids_copy_validates_with_zero_errors(bids_copy):
@@ -185,13 +197,14 @@ def test_rerun_skips_up_to_date_scans_and_overwrite_redoes_them(dataset, derivat
     image = derivatives / derivative_paths(SCANS[0])[0]
     inode = image.stat().st_ino
     assert main([str(dataset), str(derivatives), "participant", "--skip-bids-validation",
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--skip-qc"]) == 0
     err = capsys.readouterr().err
     assert "5 scan(s): 0 defaced, 5 already up to date, 0 failed" in err
     assert image.stat().st_ino == inode  # not rewritten
 
     assert main([str(dataset), str(derivatives), "participant", "--skip-bids-validation",
-                 "--device", "cpu", "--overwrite", "--participant-label", "sub-01"]) == 0
+                 "--device", "cpu", "--skip-qc", "--overwrite", "--participant-label",
+                 "sub-01"]) == 0
     assert "3 scan(s): 3 defaced, 0 already up to date, 0 failed" in capsys.readouterr().err
     assert image.stat().st_ino != inode  # a new file renamed into place
     assert_defaced_copy(dataset / SCANS[0], image, derivatives / derivative_paths(SCANS[0])[2])
@@ -204,7 +217,8 @@ def test_changed_input_is_redone(dataset, derivatives, tmp_path, capsys):
     sidecar["Deepdefacer"]["InputSHA256"] = "0" * 64
     (derivatives / sidecar_path).write_text(json.dumps(sidecar))
     assert main([str(dataset), str(derivatives), "participant", "--skip-bids-validation",
-                 "--device", "cpu", "--participant-label", "01", "--session-label", "2"]) == 0
+                 "--device", "cpu", "--skip-qc", "--participant-label", "01",
+                 "--session-label", "2"]) == 0
     assert "1 scan(s): 1 defaced, 0 already up to date" in capsys.readouterr().err
     recorded = json.loads((derivatives / sidecar_path).read_text())["Deepdefacer"]
     assert recorded["InputSHA256"] == io.sha256_file(dataset / SCANS[2])
@@ -227,7 +241,7 @@ def test_interrupt_while_writing_leaves_no_partial_file(dataset, tmp_path, monke
 
     monkeypatch.setattr(io.os, "replace", replace_then_interrupt)
     status = main([str(dataset), str(output), "participant", "--skip-bids-validation",
-                   "--device", "cpu", "--quiet"])
+                   "--device", "cpu", "--quiet", "--skip-qc"])
     assert status == 130
     leftovers = [p for p in output.rglob("*") if io.TEMPORARY_MARKER in p.name]
     assert leftovers == []
@@ -235,14 +249,14 @@ def test_interrupt_while_writing_leaves_no_partial_file(dataset, tmp_path, monke
         assert io.is_complete_nifti(path), path
     monkeypatch.setattr(io.os, "replace", real_replace)
     assert main([str(dataset), str(output), "participant", "--skip-bids-validation",
-                 "--device", "cpu", "--quiet"]) == 0
+                 "--device", "cpu", "--quiet", "--skip-qc"]) == 0
     assert_validates(output)
 
 
 def test_killed_process_leaves_only_complete_files(dataset, tmp_path):
     output = tmp_path / "out"
     command = [sys.executable, str(REPO / "run.py"), str(dataset), str(output), "participant",
-               "--skip-bids-validation", "--device", "cpu"]
+               "--skip-bids-validation", "--device", "cpu", "--skip-qc"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     for line in process.stderr:  # kill right after the first scan is done, mid-way through
@@ -290,7 +304,7 @@ def test_bad_files_fail_one_by_one_while_the_rest_is_defaced(tmp_path, capsys):
                                               "sub-03\tbroken files\n")
     output = tmp_path / "out"
     status = main([str(dataset), str(output), "participant", "--skip-bids-validation",
-                   "--device", "cpu", "--quiet"])
+                   "--device", "cpu", "--quiet", "--skip-qc"])
     err = capsys.readouterr().err
     assert status == 1
     assert "Traceback" not in err
@@ -315,8 +329,8 @@ def test_bad_files_fail_one_by_one_while_the_rest_is_defaced(tmp_path, capsys):
 def test_mask_from_t1w_defaces_the_t2w_with_the_t1w_mask(dataset, tmp_path):
     output = tmp_path / "out"
     assert main([str(dataset), str(output), "participant", "--skip-bids-validation",
-                 "--device", "cpu", "--quiet", "--participant-label", "01", "--session-label",
-                 "1", "--mask-from", "T1w"]) == 0
+                 "--device", "cpu", "--quiet", "--skip-qc", "--participant-label", "01",
+                 "--session-label", "1", "--mask-from", "T1w"]) == 0
     t1_image, _, t1_mask = derivative_paths(SCANS[0])
     t2_image, t2_sidecar, t2_mask = derivative_paths(SCANS[1])
     assert_defaced_copy(dataset / SCANS[1], output / t2_image, output / t2_mask)
@@ -334,8 +348,8 @@ def test_mask_from_t1w_defaces_the_t2w_with_the_t1w_mask(dataset, tmp_path):
 def test_parallel_processes(dataset, tmp_path):
     output = tmp_path / "out"
     assert main([str(dataset), str(output), "participant", "--skip-bids-validation",
-                 "--device", "cpu", "--quiet", "--participant-label", "01", "--n-procs",
-                 "2"]) == 0
+                 "--device", "cpu", "--quiet", "--skip-qc", "--participant-label", "01",
+                 "--n-procs", "2"]) == 0
     for relpath in SCANS[:3]:
         image, _, mask = derivative_paths(relpath)
         assert_defaced_copy(dataset / relpath, output / image, output / mask)

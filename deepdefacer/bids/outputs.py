@@ -221,6 +221,8 @@ face removed by Deepdefacer:
 - `*_mod-<suffix>_defacemask.nii.gz`: the mask of removed voxels (1 = removed) on the image's grid.
 - Each JSON sidecar lists its `Sources` as BIDS URIs and, under "Deepdefacer", the provenance:
   version, model file and sha256, input sha256, device, seconds and command line.
+- `sub-<label>/figures/`: quality control of each defaced scan (renders before and after, slices
+  with the removed region, and a verdict); `qc_report.html` after the group level.
 """
 
 
@@ -242,6 +244,9 @@ def prepare_output_dataset(output_dir, bids_dir, source_description: dict, layou
                                          "dataset_description.json was not written by "
                                          "Deepdefacer); choose an empty folder")
         create_text_exclusive(DERIVATIVE_README, output_dir / "README.md")
+        # QC figures (fmriprep style, sub-<label>/figures/) and the group report are not BIDS.
+        create_text_exclusive("sub-*/figures\nqc_report.html\nqc_summary.*\n",
+                              output_dir / ".bidsignore")
     elif description_path.exists():
         existing = _read_description(description_path)
         if existing != source_description:

@@ -19,7 +19,7 @@ from deepdefacer.bids import outputs
 from deepdefacer.bids.jobs import Job
 from deepdefacer.errors import InputError
 from deepdefacer.io import (load_image, mask_image_like, remove_stale_temporaries, sha256_file,
-                            write_image, write_in_source_encoding, write_json)
+                            split_extension, write_image, write_in_source_encoding, write_json)
 from deepdefacer.mask_transfer import apply_mask, resample_mask
 
 DEFACED, SKIPPED, FAILED = "defaced", "skipped", "failed"
@@ -36,6 +36,7 @@ class Settings:
     overwrite: bool = False
     device: str = "auto"
     command_line: str = ""
+    qc: bool = True  # per-scan QC figures and verdict (derivatives layout)
 
 
 @dataclass
@@ -45,6 +46,7 @@ class ScanResult:
     message: str = ""
     seconds: float = 0.0
     details: str = ""  # a traceback for unexpected errors, shown with --verbose
+    qc_flags: list = field(default_factory=list)  # reasons the QC flagged the defaced scan
 
 
 @dataclass
@@ -174,13 +176,39 @@ def process_job(job: Job, settings: Settings, defacer=None) -> JobResult:
             result.scans += [ScanResult(out.scan.relpath, FAILED, failure.message,
                                         details=failure.details) for out, _, _ in done]
             continue
-        for out, _, mask in done:
+        for out, img, mask in done:
+            qc_flags = run_qc(out, img, mask, settings) if settings.qc else []
             result.scans.append(ScanResult(
                 out.scan.relpath, DEFACED,
                 f"{100.0 * float(mask.mean()):.1f}% of voxels removed"
                 + ("" if out.scan == reference else f" (mask of {reference.relpath})"),
-                seconds=time.monotonic() - start))
+                seconds=time.monotonic() - start, qc_flags=qc_flags))
     return result
+
+
+def run_qc(scan_output, img, mask, settings: Settings) -> list:
+    """QC figures and verdict of one defaced scan (deepdefacer.qc), in sub-<label>/figures/.
+
+    Only for the derivatives layout: an upload-ready copy must hold nothing but the dataset.
+    A QC problem is reported as a flag; it never fails the scan, whose outputs are complete.
+    """
+    if settings.layout != "derivatives":
+        return []
+    try:
+        import nibabel as nib
+
+        from deepdefacer.qc.participant import qc_scan
+    except ImportError:
+        return []
+    scan = scan_output.scan
+    try:
+        verdict = qc_scan(img, nib.load(scan_output.image), mask_image_like(mask, img),
+                          Path(settings.output_dir) / scan.relpath.split("/")[0],
+                          stem=split_extension(scan.path)[0],
+                          source=scan.relpath)
+    except Exception as exc:  # QC must never cost the user a defaced scan
+        return [f"QC could not run ({type(exc).__name__}: {exc})"]
+    return list(verdict.get("flags", [])) if verdict.get("verdict") == "flag" else []
 
 
 @dataclass

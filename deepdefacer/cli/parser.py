@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="derivatives (default): a BIDS derivatives dataset of defaced images "
                           "and masks; bids: an upload-ready copy of the whole dataset with the "
                           "anatomical images defaced")
+    run.add_argument("--skip-qc", action="store_true",
+                     help="no per-scan QC figures and verdicts (sub-<label>/figures/; "
+                          "derivatives layout only)")
     run.add_argument("--skip-bids-validation", "--skip_bids_validation", action="store_true",
                      help="do not validate the input with bids-validator-deno")
     run.add_argument("--n-procs", "--n_procs", "--nprocs", type=positive_int, default=1,

@@ -102,7 +102,7 @@ def run_participant_level(args, command_line: str) -> int:
 
     settings = process.Settings(output_dir=str(args.output_dir), layout=args.layout,
                                 overwrite=args.overwrite, device=args.device,
-                                command_line=command_line)
+                                command_line=command_line, qc=not args.skip_qc)
     results = []
     with progress_bar(len(scans), args) as bar:
         def on_result(job_result):
@@ -155,6 +155,8 @@ def log_scan(scan_result, verbose: bool) -> None:
     else:
         log.info("defaced %s: %s (%.1f s)", scan_result.relpath, scan_result.message,
                  scan_result.seconds)
+        for flag in scan_result.qc_flags:
+            log.warning("QC flag %s: %s", scan_result.relpath, flag)
 
 
 def summarise(results, copy_failures) -> int:
@@ -167,6 +169,10 @@ def summarise(results, copy_failures) -> int:
                f"{counts['skipped']} already up to date, {counts['failed']} failed")
     if copy_failures:
         summary += f"; {len(copy_failures)} file(s) could not be copied"
+    flagged = [scan.relpath for scan in scan_results if scan.qc_flags]
+    if flagged:
+        summary += (f"; QC flagged {len(flagged)} defaced scan(s) for review: "
+                    + ", ".join(flagged) + " (the group level writes qc_report.html)")
     if not failures:
         print(summary, file=sys.stderr)
         return EXIT_OK
@@ -188,8 +194,8 @@ def run_group_level(args) -> int:
     if not Path(args.output_dir).is_dir():
         log.error("%s: no such folder; run the participant level first", args.output_dir)
         return EXIT_USAGE
-    status = run_group(args.output_dir, bids_dir=args.bids_dir,
-                       participant_labels=args.participant_label)
+    status = run_group(args.output_dir)
+    log.info("QC report: %s", Path(args.output_dir) / "qc_report.html")
     return int(status or 0)
 
 
