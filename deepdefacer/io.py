@@ -282,7 +282,7 @@ def is_complete_nifti(path) -> bool:
     try:
         np.asanyarray(nib.load(path).dataobj)
         return True
-    except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError):
+    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError):
         return False
 
 

@@ -86,7 +86,8 @@ def _relpaths(scans):
     return [scan.relpath for scan in scans]
 
 
-ALL_DEMO = ["sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz", "sub-01/ses-1/anat/sub-01_ses-1_T2w.nii.gz",
+ALL_DEMO = ["sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz",
+            "sub-01/ses-1/anat/sub-01_ses-1_T2w.nii.gz",
             "sub-01/ses-2/anat/sub-01_ses-2_PDw.nii.gz", "sub-02/anat/sub-02_run-1_T1w.nii.gz",
             "sub-02/anat/sub-02_run-2_T1w.nii"]
 

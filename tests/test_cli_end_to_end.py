@@ -51,7 +51,7 @@ def bids_mask_path(relpath: str) -> str:
 
 
 def assert_defaced_copy(source: Path, defaced: Path, mask_path: Path):
-    """Outside the mask every raw voxel is bit-identical; header, dtype, scaling are the source's."""
+    """Outside the mask every raw voxel is bit-identical; header, dtype, scaling as the source."""
     source_img, defaced_img = nib.load(source), nib.load(defaced)
     mask = np.asanyarray(nib.load(mask_path).dataobj)
     assert mask.dtype == np.uint8 and mask.shape == source_img.shape[:3]

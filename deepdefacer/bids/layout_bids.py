@@ -1,4 +1,4 @@
-"""--layout bids: an upload-ready copy of the dataset, with defaced images in place of the originals.
+"""--layout bids: an upload-ready copy of the dataset, defaced images in place of the originals.
 
 Everything that is not a selected anatomical image is copied unchanged: hard-linked when input and
 output share a file system (no extra space, and safe because Deepdefacer never writes into an

@@ -60,7 +60,7 @@ def container_info() -> dict | None:
 
 
 def defaced_name(name: BidsName) -> BidsName:
-    """The source name plus desc-defaced (a source that has a desc keeps it: desc-preprocDefaced)."""
+    """The source name plus desc-defaced (a source's own desc is kept: desc-preprocDefaced)."""
     description = name.entities.get("desc")
     return name.with_entities(desc="defaced" if description is None else f"{description}Defaced")
 

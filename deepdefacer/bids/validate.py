@@ -36,7 +36,7 @@ class ValidationResult:
 
 
 def find_validator() -> str:
-    """The validator's path: on PATH, or next to this Python (a virtual environment not activated)."""
+    """The validator: on PATH, or next to this Python (a virtual environment not activated)."""
     found = shutil.which(VALIDATOR_COMMAND)
     beside_python = Path(sys.executable).parent / VALIDATOR_COMMAND
     if found is None and beside_python.exists():
