@@ -279,6 +279,56 @@ def test_killed_process_leaves_only_complete_files(dataset, tmp_path):
     assert_validates(output)
 
 
+def test_sigterm_stops_cleanly_and_the_rerun_finishes(dataset, tmp_path):
+    # SLURM's time limit and `docker stop` send SIGTERM: temporaries are removed, exit 130.
+    output = tmp_path / "out"
+    command = [sys.executable, str(REPO / "run.py"), str(dataset), str(output), "participant",
+               "--skip-bids-validation", "--device", "cpu", "--skip-qc"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:
+        if line.startswith("defaced "):
+            break
+    process.send_signal(signal.SIGTERM)
+    rest = process.stderr.read()
+    assert process.wait(timeout=120) == 130, rest
+    assert "interrupted" in rest and "Traceback" not in rest
+    assert [p for p in output.rglob("*") if io.TEMPORARY_MARKER in p.name] == []
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr
+    assert "already up to date" in completed.stderr
+
+
+def test_parallel_runs_on_different_participants_share_one_output(dataset, tmp_path):
+    # Like a SLURM array: one task per participant, started together, one output folder.
+    output = tmp_path / "out"
+    tasks = [subprocess.Popen([sys.executable, str(REPO / "run.py"), str(dataset), str(output),
+                               "participant", "--participant-label", label,
+                               "--skip-bids-validation", "--device", "cpu", "--skip-qc",
+                               "--quiet"], stderr=subprocess.PIPE, text=True)
+             for label in ("01", "02")]
+    for task in tasks:
+        assert task.wait(timeout=600) == 0, task.stderr.read()
+    description = json.loads((output / "dataset_description.json").read_text())
+    assert description["GeneratedBy"][0]["Name"] == "Deepdefacer"
+    for relpath in SCANS:
+        image, _, mask = derivative_paths(relpath)
+        assert_defaced_copy(dataset / relpath, output / image, output / mask)
+    assert_validates(output)
+
+
+def test_gpu_requested_without_gpu_is_one_clear_error(dataset, tmp_path, capsys):
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU")
+    status = main([str(dataset), str(tmp_path / "out"), "participant", "--skip-bids-validation",
+                   "--device", "gpu", "--quiet", "--participant-label", "02"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "cannot load the Deepdefacer model on device 'gpu'" in err
+    assert "Traceback" not in err
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input files among good ones
 

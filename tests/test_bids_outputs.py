@@ -1,0 +1,106 @@
+"""Output names, dataset description and the --layout bids copy (no model needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from bids_app_helpers import BIDS_EXAMPLES, DEMO, checksums, copy_read_only, make_writable, \
+    needs_shared_data
+from deepdefacer.bids import jobs, layout_bids, outputs, select
+from deepdefacer.bids.names import parse_name
+from deepdefacer.errors import InputError
+
+pytestmark = needs_shared_data
+
+
+@pytest.mark.parametrize("source, defaced, mask", [
+    ("sub-01_ses-1_T1w.nii.gz", "sub-01_ses-1_desc-defaced_T1w.nii.gz",
+     "sub-01_ses-1_mod-T1w_defacemask.nii.gz"),
+    ("sub-02_run-2_T1w.nii", "sub-02_run-2_desc-defaced_T1w.nii",
+     "sub-02_run-2_mod-T1w_defacemask.nii.gz"),
+    ("sub-1_acq-fast_ce-gad_rec-norm_run-3_echo-2_part-mag_T2starw.nii.gz",
+     "sub-1_acq-fast_ce-gad_rec-norm_run-3_echo-2_part-mag_desc-defaced_T2starw.nii.gz",
+     "sub-1_acq-fast_ce-gad_rec-norm_run-3_mod-T2starw_defacemask.nii.gz"),
+    ("sub-1_inv-2_part-phase_MP2RAGE.nii", "sub-1_inv-2_part-phase_desc-defaced_MP2RAGE.nii",
+     "sub-1_mod-MP2RAGE_defacemask.nii.gz"),
+    ("sub-01_ses-2mo_space-anat_desc-preproc_T1w.nii.gz",
+     "sub-01_ses-2mo_space-anat_desc-preprocDefaced_T1w.nii.gz",
+     "sub-01_ses-2mo_mod-T1w_space-anat_desc-preproc_defacemask.nii.gz"),
+])
+def test_output_names(source, defaced, mask, tmp_path):
+    name = parse_name(source)
+    assert str(outputs.defaced_name(name)) == defaced
+    scan = select.Scan(tmp_path / source, f"sub-x/anat/{source}", name)
+    assert str(jobs.mask_name_for(scan)) == mask
+
+
+def test_names_that_are_not_bids_are_refused():
+    for filename in ("T1w.nii.gz", "sub-01_T1w_.nii", "sub-01__T1w.nii", "sub-01_sub-02_T1w.nii",
+                     "sub-01_x_T1w.nii"):
+        assert parse_name(filename) is None, filename
+
+
+def test_dataset_description_is_a_valid_derivative_and_created_once(tmp_path):
+    source_description = select.check_dataset(DEMO)
+    outputs.prepare_output_dataset(tmp_path, DEMO, source_description, "derivatives")
+    description = json.loads((tmp_path / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Name"] == "Deepdefacer"
+    assert description["SourceDatasets"] == [{"URL": DEMO.resolve().as_uri()}]
+    (tmp_path / "dataset_description.json").write_text(
+        json.dumps({**description, "Name": "kept"}))
+    outputs.prepare_output_dataset(tmp_path, DEMO, source_description, "derivatives")
+    assert json.loads((tmp_path / "dataset_description.json").read_text())["Name"] == "kept"
+    with pytest.raises(InputError, match="holds another dataset"):
+        outputs.prepare_output_dataset(tmp_path, DEMO, source_description, "bids")
+
+
+def test_bids_copy_links_everything_but_the_defaced_images(tmp_path):
+    dataset = copy_read_only(DEMO, tmp_path / "ds")
+    before = checksums(dataset)
+    scans = select.select_scans(select.open_layout(dataset), suffixes=["T1w", "T2w"])
+    excluded = {scan.relpath for scan in scans}
+    report = layout_bids.copy_dataset(dataset, tmp_path / "out", excluded)
+    copied = {p.relative_to(tmp_path / "out").as_posix()
+              for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    everything = {p.relative_to(dataset).as_posix() for p in dataset.rglob("*") if p.is_file()}
+    assert copied == everything - excluded
+    # The PDw was not selected: copied as it is, and reported.
+    assert report.not_defaced == ["sub-01/ses-2/anat/sub-01_ses-2_PDw.nii.gz"]
+    for relpath in copied:
+        source, target = os.stat(dataset / relpath), os.stat(tmp_path / "out" / relpath)
+        assert (source.st_dev, source.st_ino) == (target.st_dev, target.st_ino)  # hard link
+    again = layout_bids.copy_dataset(dataset, tmp_path / "out", excluded)
+    assert (again.copied, again.up_to_date) == (0, len(copied))
+    assert checksums(dataset) == before
+    make_writable(dataset)
+
+
+def test_bids_copy_of_selected_participants_only(tmp_path):
+    report = layout_bids.copy_dataset(DEMO, tmp_path / "out", set(), participant_labels=["02"])
+    copied = sorted(p.relative_to(tmp_path / "out").as_posix()
+                    for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert not any(relpath.startswith("sub-01") for relpath in copied)
+    assert "sub-02/anat/sub-02_run-2_T1w.nii" in copied
+    assert "dataset_description.json" in copied and report.failed == []
+
+
+def test_bids_copy_reports_broken_symlinks(tmp_path):
+    dataset = tmp_path / "ds"
+    (dataset / "sub-01" / "func").mkdir(parents=True)
+    (dataset / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.10.0"}')
+    (dataset / "sub-01" / "func" / "sub-01_task-rest_bold.nii.gz").symlink_to(
+        "../../.git/annex/objects/missing")
+    report = layout_bids.copy_dataset(dataset, tmp_path / "out", set())
+    assert report.failed == [("sub-01/func/sub-01_task-rest_bold.nii.gz",
+                              "broken symbolic link (fetch git-annex/DataLad content first, "
+                              "e.g. `datalad get`): not copied")]
+
+
+def test_qmri_mp2rage_jobs_use_a_magnitude_reference():
+    layout = select.open_layout(BIDS_EXAMPLES / "qmri_mp2rage")
+    job = jobs.plan_jobs(select.select_scans(layout, suffixes=["MP2RAGE"]))[0]
+    assert job.reference.name.entities["part"] == "mag"
