@@ -56,6 +56,7 @@ class FaceEvidence:
     nose_column: int
     nose_top_row: int  # the ridge's upper end, near the nasion (-1 when none)
     nose_recess_mm: float  # how far the ridge's front lies behind the face's frontmost point
+    nose_projection_mm: float  # how far the ridge's front stands ahead of its upper end (tip vs nasion)
     head_width_mm: float
     scale: float  # standard-head mm per scan mm
 
@@ -118,7 +119,7 @@ def face_evidence(depth_mm: np.ndarray, pixel_mm: float) -> FaceEvidence:
     """Judge a front depth map (see render.depth_map(volume, 'front'))."""
     width_mm = head_width_mm(depth_mm, pixel_mm)
     if width_mm <= 0:
-        return FaceEvidence(False, "no head found in the image", 0.0, 0.0, -1, -1, -1, 0.0, 0.0, 1.0)
+        return FaceEvidence(False, "no head found in the image", 0.0, 0.0, -1, -1, -1, 0.0, 0.0, 0.0, 1.0)
     scale = STANDARD_HEAD_WIDTH_MM / width_mm
     pixel_std = pixel_mm * scale  # standard-head mm per pixel
     protrusion_std = -depth_mm * scale  # larger = further forward
@@ -137,19 +138,21 @@ def face_evidence(depth_mm: np.ndarray, pixel_mm: float) -> FaceEvidence:
 
     labels, count = ndimage.label(ridge, structure=np.ones((3, 3)))
     frontmost = float(np.nanmax(np.where(face_rows[:, None], protrusion_std, np.nan))) if face_rows.any() else 0.0
-    best = (0.0, 0.0, -1, -1, -1, 0.0)
+    best = (0.0, 0.0, -1, -1, -1, 0.0, 0.0)
     for index, region in enumerate(ndimage.find_objects(labels), start=1):
         rows = region[0]
         length = (rows.stop - rows.start) * pixel_std
         inside = labels[region] == index
         region_drop = np.where(inside, drop[region], -np.inf)
         peak = np.unravel_index(int(np.argmax(region_drop)), inside.shape)
-        recess = frontmost - float(np.nanmax(np.where(inside, protrusion_std[region], np.nan)))
+        front = float(np.nanmax(np.where(inside, protrusion_std[region], np.nan)))
+        recess = frontmost - front
+        projection = front - float(np.nanmean(np.where(inside[0], protrusion_std[region][0], np.nan)))
         candidate = (length, float(region_drop[peak]), rows.start + peak[0], region[1].start + peak[1], rows.start,
-                     recess)
+                     recess, projection)
         if recess <= NOSE_MAX_RECESS_MM and candidate[:2] > best[:2]:
             best = candidate
-    length, peak_drop, row, column, top_row, recess = best
+    length, peak_drop, row, column, top_row, recess, projection = best
     present = length >= RIDGE_MIN_LENGTH_MM
     if present:
         reason = (f"nose ridge at the midline, {length:.0f} mm long, standing {peak_drop:.0f} mm in front of "
@@ -159,7 +162,7 @@ def face_evidence(depth_mm: np.ndarray, pixel_mm: float) -> FaceEvidence:
     else:
         reason = "no nose: no midline ridge in front of the cheeks"
     return FaceEvidence(bool(present), reason, round(length, 1), round(peak_drop, 1), int(row), int(column),
-                        int(top_row), round(recess, 1), round(width_mm, 1), round(scale, 3))
+                        int(top_row), round(recess, 1), round(projection, 1), round(width_mm, 1), round(scale, 3))
 
 
 def check_image(img) -> FaceEvidence:
