@@ -78,19 +78,31 @@ def head_mask_coarse(data: np.ndarray) -> np.ndarray:
     return mask
 
 
-def head_box_ras(data: np.ndarray, affine: np.ndarray, step_mm: float = 4.0):
-    """(min, max) corners in RAS mm of the head, found on a strided copy of the scan."""
-    steps = np.maximum(1, np.round(step_mm / voxel_sizes(affine))).astype(int)
-    coarse = np.asarray(data[:: steps[0], :: steps[1], :: steps[2]], dtype=np.float32)
-    mask = head_mask_coarse(coarse)
-    if not mask.any():
-        mask = np.ones(coarse.shape, bool)
-    ijk = np.array(np.nonzero(mask), dtype=float) * steps[:, None]
-    # Corners of the occupied voxels, so a single slice still has a thickness.
-    lo, hi = ijk.min(axis=1) - steps / 2.0, ijk.max(axis=1) + steps / 2.0
-    corners = np.array(np.meshgrid(*zip(lo, hi), indexing="ij")).reshape(3, -1)
+def world_extent(affine: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
+    """RAS (min, max) of the centres of a grid's corner voxels."""
+    corners = np.array(np.meshgrid(*[(0, n - 1) for n in shape[:3]], indexing="ij")).reshape(3, -1)
     ras = np.asarray(affine)[:3, :3] @ corners + np.asarray(affine)[:3, 3:4]
     return ras.min(axis=1), ras.max(axis=1)
+
+
+def head_box_ras(data: np.ndarray, affine: np.ndarray, step_mm: float = 4.0):
+    """(min, max) corners in RAS mm of the head.
+
+    Found on a coarse grid anchored in world coordinates (multiples of ``step_mm``),
+    sampled from the scan: the same points whatever the scan's axis order, so the
+    box, and with it the canonical cube, does not depend on how the scan was stored.
+    """
+    low, high = world_extent(affine, data.shape)
+    origin = np.floor(low / step_mm) * step_mm
+    shape = np.floor((high - origin) / step_mm).astype(int) + 1
+    grid = np.diag([step_mm] * 3 + [1.0])
+    grid[:3, 3] = origin
+    coarse = resample(data, affine, grid, shape, order=1)
+    mask = head_mask_coarse(coarse)
+    if not mask.any():
+        return low, high
+    ijk = np.array(np.nonzero(mask), dtype=float)
+    return origin + (ijk.min(axis=1) - 0.5) * step_mm, origin + (ijk.max(axis=1) + 0.5) * step_mm
 
 
 def cube_affine(box_min: np.ndarray, box_max: np.ndarray, plan: GridPlan) -> np.ndarray:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from deepdefacer.train.data import DATA_ROOT, training_heads
 
@@ -40,26 +41,43 @@ def _ants():
     return ants
 
 
-def prepare_template(work_dir: Path) -> tuple[Path, Path, Path]:
-    """Face and brain masks on pydeface's average head grid (made once)."""
+# Landmarks on pydeface's mean_reg2mean grid (voxel indices, ~1 mm), read off the image:
+# globe centres, nose tip, lips. Spheres of 6 mm around them test "eyes, nose and mouth
+# removed" in evaluation.
+EYES_VOX = ((57, 201, 93), (118, 201, 93))
+LANDMARKS_VOX = {"eye_left": EYES_VOX[0], "eye_right": EYES_VOX[1],
+                 "nose": (88, 236, 56), "mouth": (88, 226, 37)}
+MASKS = ("face", "brain", "landmarks")
+
+
+def capsules(shape, segments, radius: float) -> np.ndarray:
+    """Voxels within ``radius`` of any segment (start, end) given in voxel coordinates."""
+    grid = np.indices(shape, dtype=np.float32).reshape(3, -1).T
+    out = np.zeros(len(grid), bool)
+    for start, end in segments:
+        a, b = np.asarray(start, np.float32), np.asarray(end, np.float32)
+        ab = b - a
+        t = np.clip(((grid - a) @ ab) / max(float(ab @ ab), 1e-6), 0, 1)
+        out |= np.linalg.norm(grid - (a + t[:, None] * ab), axis=1) <= radius
+    return out.reshape(shape)
+
+
+def prepare_template(work_dir: Path) -> dict:
+    """Head, face, brain and landmark images on pydeface's average head grid (made once)."""
     ants = _ants()
     work_dir.mkdir(parents=True, exist_ok=True)
-    head_path = work_dir / "template_head.nii.gz"
-    face_path = work_dir / "template_face.nii.gz"
-    brain_path = work_dir / "template_brain.nii.gz"
-    if head_path.exists() and face_path.exists() and brain_path.exists():
-        return head_path, face_path, brain_path
+    paths = {name: work_dir / f"template_{name}.nii.gz" for name in ("head",) + MASKS}
+    if all(p.exists() for p in paths.values()):
+        return paths
     templates = DATA_ROOT / "templates"
     mean = nib.load(templates / "pydeface_mean_reg2mean.nii.gz")
     facemask = nib.load(templates / "pydeface_facemask.nii.gz")
-    face = (np.asarray(facemask.dataobj) < 0.5).astype(np.uint8)
-    nib.save(nib.Nifti1Image(face, facemask.affine), face_path)
-    nib.save(mean, head_path)
+    nib.save(mean, paths["head"])
 
     # mridefacer's head template is cut below the face (its lower slices are exactly 0):
     # register it as the fixed image with a mask of its non-zero field of view, so the
     # missing neck does not pull the fit, then bring its brain across with the inverse.
-    pydeface_head = ants.image_read(str(head_path))
+    pydeface_head = ants.image_read(str(paths["head"]))
     mridefacer_head = ants.image_read(str(templates / "mridefacer_head_tmpl.nii.gz"))
     fov = mridefacer_head.new_image_like((mridefacer_head.numpy() != 0).astype("float32"))
     brain_img = ants.image_read(str(templates / "mridefacer_head_tmpl_brain.nii.gz"))
@@ -68,33 +86,58 @@ def prepare_template(work_dir: Path) -> tuple[Path, Path, Path]:
                             mask=fov, random_seed=1)
     warped = ants.apply_transforms(pydeface_head, brain_img, reg["invtransforms"],
                                    whichtoinvert=[True], interpolator="linear")
-    brain = (warped.numpy() > 0.5).astype(np.uint8)
-    nib.save(nib.Nifti1Image(brain, mean.affine), brain_path)
-    overlap = int((brain & face).sum())
-    print(f"template: face {face.sum()} voxels, brain {brain.sum()} voxels, overlap {overlap}")
-    return head_path, face_path, brain_path
+    brain = warped.numpy() > 0.5
+
+    # pydeface's mask stops at mid-globe on its own template (z = 91 vs globe centre 93,
+    # radius ~11 voxels): add the whole eyes with the lids and the air in front, and keep
+    # the face region 3 mm clear of the brain.
+    face = np.asarray(facemask.dataobj) < 0.5
+    face |= capsules(face.shape, [(eye, (eye[0], face.shape[1], eye[2])) for eye in EYES_VOX], 14)
+    face &= ~ndimage.binary_dilation(brain, iterations=3)
+    landmarks = np.zeros(face.shape, np.uint8)
+    for value, centre in enumerate(LANDMARKS_VOX.values(), start=1):
+        landmarks[capsules(face.shape, [(centre, centre)], 6)] = value
+    for name, array in (("face", face), ("brain", brain), ("landmarks", landmarks)):
+        nib.save(nib.Nifti1Image(array.astype(np.uint8), mean.affine), paths[name])
+    print(f"template: face {face.sum()} voxels, brain {brain.sum()} voxels, "
+          f"overlap {(face & brain).sum()}, landmarks in face {(face & (landmarks > 0)).sum()}"
+          f"/{(landmarks > 0).sum()}")
+    return paths
 
 
-def register_labels(head_path: Path, template: tuple[Path, Path, Path], seed: int = 1):
-    """Return (face, brain) uint8 masks on the grid of ``head_path`` and the seconds taken."""
+_TEMPLATE_CACHE: dict = {}
+
+
+def _template_images(template: dict):
+    """The 2 mm template head and 1 mm masks as ants images, read once per process."""
+    key = str(template["head"])
+    if key not in _TEMPLATE_CACHE:
+        ants = _ants()
+        # The face and brain are large structures: a 2 mm template and a shorter
+        # multi-resolution schedule give the same fit (Dice 0.99) as the 1 mm default.
+        head = ants.resample_image(ants.image_read(str(template["head"])), (2.0, 2.0, 2.0), False, 0)
+        masks = {name: ants.image_read(str(template[name])).astype("float32") for name in MASKS}
+        _TEMPLATE_CACHE[key] = (head, masks)
+    return _TEMPLATE_CACHE[key]
+
+
+def register_labels(head_path: Path, template: dict, seed: int = 1):
+    """Face, brain (0/1) and landmark (0-4) uint8 arrays on the grid of ``head_path``."""
     ants = _ants()
     start = time.perf_counter()
-    t_head, t_face, t_brain = template
+    moving, masks = _template_images(template)
     fixed = ants.image_read(str(head_path))
     if fixed.dimension != 3:
         raise ValueError(f"{head_path}: not 3D")
-    # The face and brain are large structures: a 2 mm template and a shorter
-    # multi-resolution schedule give the same fit as the 1 mm default in a third of the time.
-    moving = ants.resample_image(ants.image_read(str(t_head)), (2.0, 2.0, 2.0), False, 0)
     reg = ants.registration(fixed, moving, type_of_transform="Affine", random_seed=seed,
                             aff_metric="mattes", aff_iterations=(1000, 500, 250),
                             aff_shrink_factors=(6, 4, 2), aff_smoothing_sigmas=(3, 2, 1))
-    out = []
-    for mask_path in (t_face, t_brain):
-        mask = ants.image_read(str(mask_path)).astype("float32")
-        warped = ants.apply_transforms(fixed, mask, reg["fwdtransforms"], interpolator="linear")
-        out.append((warped.numpy() > 0.5).astype(np.uint8))
-    return out[0], out[1], time.perf_counter() - start
+    out = {}
+    for name, mask in masks.items():
+        method = "nearestNeighbor" if name == "landmarks" else "linear"
+        warped = ants.apply_transforms(fixed, mask, reg["fwdtransforms"], interpolator=method).numpy()
+        out[name] = (np.round(warped) if name == "landmarks" else warped > 0.5).astype(np.uint8)
+    return out, time.perf_counter() - start
 
 
 def save_overlay(head_path: Path, face: np.ndarray, brain: np.ndarray, png_path: Path) -> None:
@@ -156,14 +199,17 @@ def main(argv=None) -> int:
         if index % shard_n != shard_i:
             continue
         name = label_name(head_path)
-        face_out = args.out / f"{name}_face.nii.gz"
-        brain_out = args.out / f"{name}_brain.nii.gz"
-        if face_out.exists() and brain_out.exists():
+        outputs = {mask: args.out / f"{name}_{mask}.nii.gz" for mask in MASKS}
+        if all(p.exists() for p in outputs.values()):
             continue
-        face, brain, seconds = register_labels(head_path, template)
+        labels, seconds = register_labels(head_path, template)
         affine = nib.load(head_path).affine
-        nib.save(nib.Nifti1Image(face, affine), face_out)
-        nib.save(nib.Nifti1Image(brain, affine), brain_out)
+        for mask, path in outputs.items():
+            # Temporary name + rename: a killed run never leaves a truncated label.
+            tmp = path.with_name(path.name + ".part.nii.gz")
+            nib.save(nib.Nifti1Image(labels[mask], affine), tmp)
+            os.replace(tmp, path)
+        face, brain = labels["face"], labels["brain"]
         save_overlay(head_path, face, brain, args.png / f"{name}.png")
         overlap = int((face & brain).sum())
         rows.append((name, int(face.sum()), int(brain.sum()), overlap, round(seconds, 1)))
@@ -176,7 +222,7 @@ def main(argv=None) -> int:
         manifest.write_text(json.dumps({
             "command": "python -m deepdefacer.train.labels " + " ".join(argv or sys.argv[1:]),
             "method": "antspyx Affine (mattes MI) of pydeface mean_reg2mean to each head; "
-                      "face = pydeface facemask==0, brain = mridefacer head_tmpl_brain>0 via "
+                      "face = (pydeface facemask==0) + eye capsules - brain dilated 3 mm, brain = mridefacer head_tmpl_brain>0 via "
                       "mridefacer head -> pydeface mean Affine; linear interpolation, >0.5",
         }, indent=2))
     return 0

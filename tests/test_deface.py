@@ -1,0 +1,105 @@
+"""deface() with the shipped model on real heads: what it removes, what it keeps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from deepdefacer.deface import deface
+from deepdefacer.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+LABELS = REPO / "labels"
+needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data not found at {SHARED}")
+
+
+@pytest.fixture(scope="module")
+def defacer():
+    from deepdefacer.model import load_defacer
+
+    return load_defacer("cpu")
+
+
+def _labels(name):
+    return {k: np.asarray(nib.load(LABELS / f"{name}_{k}.nii.gz").dataobj).astype(bool)
+            for k in ("face", "brain")}
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["colin27_t1w_2mm.nii", "ixi002_t2_6mm.nii.gz", "t1w_mni_2mm.nii.gz"])
+def test_header_dtype_scaling_kept_and_outside_voxels_bit_identical(tmp_path, defacer, name):
+    source = SHARED / "heads" / name
+    img = nib.load(source)
+    defaced, mask_img = deface(img, defacer)
+    out = tmp_path / ("defaced_" + name)
+    nib.save(defaced, out)
+    back = nib.load(out)
+    mask = np.asarray(mask_img.dataobj).astype(bool)
+    assert mask.any(), "nothing was removed"
+    assert mask_img.shape == img.shape and np.allclose(mask_img.affine, img.affine)
+    assert back.get_data_dtype() == img.get_data_dtype()
+    assert (back.dataobj.slope, back.dataobj.inter) == (img.dataobj.slope, img.dataobj.inter)
+    for key in img.header.keys():
+        a, b = np.asarray(img.header[key]), np.asarray(back.header[key])
+        assert a.tobytes() == b.tobytes(), key
+    raw_in = np.asarray(img.dataobj.get_unscaled())
+    raw_out = np.asarray(back.dataobj.get_unscaled())
+    assert np.array_equal(raw_in[~mask], raw_out[~mask])
+    assert np.all(back.get_fdata()[mask] == 0)
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["t1w_head_ext2", "colin27_t1w_1mm", "chris_t1w"])
+def test_brain_guard_holds_even_when_the_face_prediction_covers_everything(defacer, name):
+    """A hostile face map (1 everywhere) still removes no voxel of the reference brain."""
+    class Hostile:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, attr):
+            return getattr(self.inner, attr)
+
+        def predict(self, cube):
+            _, brain = self.inner.predict(cube)
+            return np.ones_like(brain), brain
+
+    suffix = ".nii" if (SHARED / "heads" / f"{name}.nii").exists() else ".nii.gz"
+    img = nib.load(SHARED / "heads" / f"{name}{suffix}")
+    _, mask_img = deface(img, Hostile(defacer))
+    mask = np.asarray(mask_img.dataobj).astype(bool)
+    brain = _labels(name)["brain"]
+    assert mask.sum() > brain.sum() * 0.2, "the hostile map should remove a lot"
+    assert not (mask & brain).any(), f"{(mask & brain).sum()} brain voxels removed"
+
+
+@needs_data
+def test_real_head_face_removed_brain_kept(defacer):
+    img = nib.load(SHARED / "heads" / "t1w_head_ext2.nii.gz")
+    _, mask_img = deface(img, defacer)
+    mask = np.asarray(mask_img.dataobj).astype(bool)
+    labels = _labels("t1w_head_ext2")
+    head = img.get_fdata() > np.percentile(img.get_fdata(), 60)
+    face = labels["face"] & head
+    assert (mask & face).sum() / face.sum() >= 0.95
+    assert not (mask & labels["brain"]).any()
+
+
+@pytest.mark.parametrize("shape, reason", [
+    ((20, 20, 20, 3), "3D"), ((64, 64), "3D"), ((40, 40, 2), "too thin")])
+def test_images_that_are_not_3d_heads_are_refused(defacer, shape, reason):
+    img = nib.Nifti1Image(np.random.default_rng(0).random(shape).astype(np.float32), np.eye(4))
+    with pytest.raises(InputError, match=reason):
+        deface(img, defacer)
+
+
+def test_nan_and_empty_images_are_refused(defacer):
+    data = np.random.default_rng(0).random((30, 30, 30)).astype(np.float32)
+    data[3, 4, 5] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        deface(nib.Nifti1Image(data, np.eye(4)), defacer)
+    with pytest.raises(InputError, match="empty"):
+        deface(nib.Nifti1Image(np.zeros((30, 30, 30), np.int16), np.eye(4)), defacer)
