@@ -8,12 +8,15 @@
   CONTAINER_OUT: same folder, same entities, plus desc-defaced, same suffix;
 - with --reference: both folders hold the same NIfTI files, and each pair has equal data arrays (as
   stored, voxel for voxel), equal dtypes, shapes and affines;
-- with --uid: every file the container wrote belongs to that uid (the container ran as that user).
+- with --uid: every file the container wrote belongs to that uid (the container ran as that user);
+- with --container TYPE: GeneratedBy in dataset_description.json names a container of that type;
+- with --validator PATH: bids-validator-deno finds no error in CONTAINER_OUT.
 Prints one line per problem and exits 1 if there is any. Needs numpy and nibabel.
 """
 import argparse
 import json
 import pathlib
+import subprocess
 import sys
 
 import nibabel as nib
@@ -66,13 +69,29 @@ def compare_images(path_a, path_b):
     return None
 
 
-def check(bids_dir, output_dir, reference_dir=None, uid=None):
+def validator_errors(validator, dataset):
+    completed = subprocess.run([validator, str(dataset), "--format", "json"], capture_output=True,
+                               text=True, timeout=600)
+    try:
+        issues = json.loads(completed.stdout)["issues"]["issues"]
+    except (json.JSONDecodeError, KeyError):
+        return [f"{validator} failed (exit {completed.returncode}): {completed.stderr.strip()[-300:]}"]
+    return [f"{issue.get('code')}: {issue.get('location', '')}" for issue in issues
+            if issue.get("severity") == "error"]
+
+
+def check(bids_dir, output_dir, reference_dir=None, uid=None, container=None, validator=None):
     problems = []
-    description = output_dir / "dataset_description.json"
-    if not description.is_file():
-        problems.append(f"{description}: missing")
-    elif json.loads(description.read_text()).get("DatasetType") != "derivative":
-        problems.append(f"{description}: DatasetType is not 'derivative'")
+    description_path = output_dir / "dataset_description.json"
+    description = json.loads(description_path.read_text()) if description_path.is_file() else None
+    if description is None:
+        problems.append(f"{description_path}: missing")
+    elif description.get("DatasetType") != "derivative":
+        problems.append(f"{description_path}: DatasetType is not 'derivative'")
+    elif container is not None:
+        containers = [entry.get("Container", {}).get("Type") for entry in description.get("GeneratedBy", [])]
+        if container not in containers:
+            problems.append(f"{description_path}: GeneratedBy names no {container} container ({containers})")
 
     scans = input_anatomical_scans(bids_dir)
     if not scans:
@@ -97,6 +116,10 @@ def check(bids_dir, output_dir, reference_dir=None, uid=None):
         for path in output_dir.rglob("*"):
             if path.stat().st_uid != uid:
                 problems.append(f"{path}: owned by uid {path.stat().st_uid}, expected {uid}")
+    if validator is not None:
+        errors = validator_errors(validator, output_dir)
+        problems += [f"bids-validator-deno: {error}" for error in errors]
+        print(f"check_outputs.py: bids-validator-deno: {len(errors)} errors in {output_dir}")
     print(f"check_outputs.py: {len(scans)} anatomical scans in the input, {len(problems)} problems")
     return problems
 
@@ -107,8 +130,11 @@ def main(argv=None):
     parser.add_argument("output_dir", type=pathlib.Path)
     parser.add_argument("--reference", type=pathlib.Path, help="output folder of a bare deepdefacer run")
     parser.add_argument("--uid", type=int, help="uid that should own every output file")
+    parser.add_argument("--container", help="container type GeneratedBy should name (docker)")
+    parser.add_argument("--validator", help="path of bids-validator-deno, to validate the output")
     args = parser.parse_args(argv)
-    problems = check(args.bids_dir, args.output_dir, args.reference, args.uid)
+    problems = check(args.bids_dir, args.output_dir, args.reference, args.uid, args.container,
+                     args.validator)
     for problem in problems:
         print("  " + problem)
     return 1 if problems else 0

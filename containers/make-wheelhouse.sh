@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Download (and where needed build) every wheel the image needs, on the host, for an offline build:
 #
-#   containers/make-wheelhouse.sh [--variant cpu|gpu] [--extras validate] [DIR]     (DIR: build/wheelhouse)
-#   docker build --build-arg WHEELHOUSE=build/wheelhouse ...
+#   containers/make-wheelhouse.sh [--variant cpu|gpu] [--extras validate] [--from LOCAL] [DIR]
+#   docker build --build-arg WHEELHOUSE=build/wheelhouse ...                   (DIR: build/wheelhouse)
+#
+# --from LOCAL: take every wheel from the folder LOCAL (no index at all; fails if one is missing):
+# a local mirror, or a cache of an earlier wheelhouse (.ci/docker.sh keeps one).
 #
 # Why on the host: pip inside a build container cannot reach or cannot verify the package index on
 # air-gapped clusters (and here, where TLS inside builds fails without the host's CA bundle). The wheels
@@ -14,12 +17,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-variant=cpu extras=validate wheelhouse=build/wheelhouse
+variant=cpu extras=validate wheelhouse=build/wheelhouse local_wheels=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --variant) variant=$2; shift 2 ;;
     --extras) extras=$2; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --from) local_wheels=$2; shift 2 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) wheelhouse=$1; shift ;;
   esac
 done
@@ -36,8 +40,12 @@ fi
 mkdir -p "$wheelhouse"
 requirements="$wheelhouse/requirements-$variant.txt"
 "$python" containers/requirements.py --variant "$variant" --extras "$extras" > "$requirements"
+source_options=()
+if [ -n "$local_wheels" ]; then
+  source_options=(--no-index --find-links "$local_wheels")
+fi
 # --prefer-binary: never build a package from source when any wheel of an acceptable version exists.
-"$python" -m pip wheel --quiet --prefer-binary --wheel-dir "$wheelhouse" \
+"$python" -m pip wheel --quiet --prefer-binary --wheel-dir "$wheelhouse" "${source_options[@]}" \
   --requirement "$requirements" "setuptools>=64" wheel
 echo "make-wheelhouse.sh: $(find "$wheelhouse" -name '*.whl' | wc -l) wheels," \
      "$(du -sh "$wheelhouse" | cut -f1) in $wheelhouse ($variant, extras: ${extras:-none})"
