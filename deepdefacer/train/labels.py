@@ -30,7 +30,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from deepdefacer.train.data import DATA_ROOT, training_heads
+from deepdefacer.train.data import DATA_ROOT, split, training_heads
 
 
 def _ants():
@@ -184,16 +184,22 @@ def main(argv=None) -> int:
     parser.add_argument("--shard", default="0/1", help="i/n: process every n-th head from i")
     parser.add_argument("--include-heads", action="store_true",
                         help="also label the validation heads in shared/data/heads")
+    parser.add_argument("--sets", nargs="+", choices=("train", "validation", "heads"),
+                        help="label these sets of deepdefacer.train.data.split(), in this order")
     args = parser.parse_args(argv)
     os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
     shard_i, shard_n = (int(v) for v in args.shard.split("/"))
     template = prepare_template(Path("labels_work/template"))
     args.out.mkdir(parents=True, exist_ok=True)
     args.png.mkdir(parents=True, exist_ok=True)
-    heads = training_heads(include_validation_heads=args.include_heads)
-    # Most varied first (FLAIR, templates), so a training run can start before all are done.
-    priority = ("nichart", "templates", "ixi", "heads")
-    heads.sort(key=lambda p: priority.index(p.parent.name) if p.parent.name in priority else 9)
+    if args.sets:
+        parts = split()
+        heads = [path for name in args.sets for path in parts[name]]
+    else:
+        heads = training_heads(include_validation_heads=args.include_heads)
+        # Most varied first (FLAIR, templates), so a training run can start before all are done.
+        priority = ("nichart", "templates", "ixi", "heads")
+        heads.sort(key=lambda p: priority.index(p.parent.name) if p.parent.name in priority else 9)
     rows = []
     for index, head_path in enumerate(heads):
         if index % shard_n != shard_i:

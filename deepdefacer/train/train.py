@@ -137,13 +137,14 @@ def parse_args(argv=None):
     parser.add_argument("--size", type=int, default=64, help="cube size in voxels")
     parser.add_argument("--voxel-mm", type=float, default=4.0)
     parser.add_argument("--base-filters", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, help="total epochs (default 30; smoke 2)")
     parser.add_argument("--steps", type=int, default=100, help="batches per epoch")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--max-minutes", type=float, default=110.0,
                         help="stop after the epoch that crosses this wall time")
+    parser.add_argument("--max-heads", type=int, help="train on the first N labelled heads")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--export", metavar="NAME", help="write models/NAME.keras and its card")
     parser.add_argument("--models-dir", type=Path, default=REPO / "models")
@@ -158,11 +159,20 @@ def main(argv=None) -> int:
 
     if args.smoke:
         args.size, args.voxel_mm, args.base_filters = 32, 8.0, 4
-        args.epochs, args.steps, args.batch_size = 2, 2, 1
+        args.steps, args.batch_size = 2, 1
+    if args.epochs is None:
+        args.epochs = 2 if args.smoke else 30
     keras.utils.set_random_seed(args.seed)
     plan = GridPlan(size=args.size, voxel_mm=args.voxel_mm)
     parts = split()
-    train_paths = parts["train"][:2] if args.smoke else parts["train"]
+    train_paths = [p for p in parts["train"] if (args.labels / f"{label_name(p)}_face.nii.gz").exists()]
+    previous = args.run_dir / "training_heads.txt"
+    if args.resume and previous.exists():  # the same heads as the interrupted run
+        train_paths = [Path(line) for line in previous.read_text().split()]
+    elif args.smoke:
+        train_paths = train_paths[:2]
+    elif args.max_heads:
+        train_paths = train_paths[: args.max_heads]
     heads = load_heads(train_paths, args.labels)
     if not heads:
         raise SystemExit(f"no labelled training heads in {args.labels}: run deepdefacer.train.labels")
@@ -193,8 +203,10 @@ def main(argv=None) -> int:
                 print(f"time budget of {args.max_minutes} min reached after epoch {epoch + 1}")
                 self.model.stop_training = True
 
+    (args.run_dir / "training_heads.txt").write_text("\n".join(str(p) for p in train_paths) + "\n")
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=3, min_lr=1e-5)
     history = model.fit(data, epochs=args.epochs, initial_epoch=initial_epoch,
-                        callbacks=[Checkpoint()], verbose=1 if sys.stdout.isatty() else 2)
+                        callbacks=[Checkpoint(), plateau], verbose=1 if sys.stdout.isatty() else 2)
     minutes = (time.time() - start) / 60
     print(f"trained {minutes:.1f} min", flush=True)
     if args.export:
@@ -206,7 +218,7 @@ def main(argv=None) -> int:
             "base_filters": args.base_filters,
             "final_loss": {k: float(v[-1]) for k, v in history.history.items()} if history.history else {},
             "training_data": [{"file": str(h_path.relative_to(h_path.parents[1])), "sha256": sha256_of(h_path)}
-                              for h_path in train_paths if (args.labels / f"{label_name(h_path)}_face.nii.gz").exists()],
+                              for h_path in train_paths],
             "validation_data": [str(p.relative_to(p.parents[1])) for p in parts["validation"] + parts["heads"]],
         }
         path = export(model, plan, args.models_dir, args.export, card)

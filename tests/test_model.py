@@ -1,0 +1,87 @@
+"""The shipped model: found in the installed package, matches its card; training smoke run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import deepdefacer
+from deepdefacer.model import load_defacer, sha256_of, shipped_model_path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+def test_model_is_loaded_from_the_installed_package():
+    path = shipped_model_path()
+    package_dir = Path(deepdefacer.__file__).resolve().parent
+    # Installed (site-packages/deepdefacer/models) or editable (models/ mapped into the package).
+    assert path.parent.name == "models"
+    assert path.is_file() and path.stat().st_size < 20 * 2**20
+    import deepdefacer.models as shipped
+
+    assert Path(shipped.__file__).resolve().parent == path.resolve().parent
+    assert package_dir.exists()
+
+
+def test_model_card_describes_the_shipped_weights():
+    path = shipped_model_path()
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["sha256"] == sha256_of(path)
+    for key in ("command", "commit", "date", "training_data", "grid", "metrics"):
+        assert key in card, key
+    assert card["training_data"] and all(len(item["sha256"]) == 64 for item in card["training_data"])
+    defacer = load_defacer("cpu")
+    assert defacer.plan.size == card["grid"]["size"]
+    assert defacer.model_sha256 == card["sha256"]
+    assert defacer.model_name == path.name
+
+
+def test_model_predicts_a_face_in_front_and_a_brain_above_it():
+    """On the canonical grid (RAS, top of the head at the top) the face is anterior-inferior."""
+    if not SHARED.is_dir():
+        pytest.skip(f"shared data not found at {SHARED}")
+    from deepdefacer.conform import conform
+
+    defacer = load_defacer("cpu")
+    img = nib.load(SHARED / "heads" / "colin27_t1w_1mm.nii.gz")
+    cube = conform(img.get_fdata(dtype=np.float32), img.affine, defacer.plan)
+    face, brain = defacer.predict(cube.array)
+    face_centre = np.array(np.nonzero(face > 0.5)).mean(axis=1)
+    brain_centre = np.array(np.nonzero(brain > 0.5)).mean(axis=1)
+    assert face_centre[1] > brain_centre[1] + 5   # in front (A)
+    assert face_centre[2] < brain_centre[2]       # below (S)
+    assert 600 < (brain > 0.5).sum() * defacer.plan.voxel_mm ** 3 / 1000 < 2500  # ml
+
+
+def test_smoke_training_runs_and_exports_a_loadable_model(tmp_path):
+    if not (SHARED.is_dir() and (REPO / "labels").is_dir()):
+        pytest.skip("training data or labels not available")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "-m", "deepdefacer.train.train", "--smoke", "--run-dir", str(tmp_path / "run"),
+         "--export", "smoke", "--models-dir", str(tmp_path / "models")],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / "last.keras").is_file()
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["epoch"] == 2
+    card = json.loads((tmp_path / "models" / "smoke.json").read_text())
+    assert card["sha256"] == sha256_of(tmp_path / "models" / "smoke.keras")
+    defacer = load_defacer("cpu", tmp_path / "models" / "smoke.keras")
+    face, brain = defacer.predict(np.zeros(defacer.plan.shape, np.float32))
+    assert face.shape == defacer.plan.shape and np.all((face >= 0) & (face <= 1))
+    # Resume continues from the checkpoint instead of starting again.
+    resumed = subprocess.run(
+        [sys.executable, "-m", "deepdefacer.train.train", "--smoke", "--run-dir", str(tmp_path / "run"),
+         "--resume", "--epochs", "3"], capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["epoch"] == 3
