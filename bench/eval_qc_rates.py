@@ -87,6 +87,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sets", nargs="+", default=["heads"], choices=["heads", "ixi", "nichart"])
     parser.add_argument("--defacers", nargs="+", default=["slab"], choices=["slab", "model", "pydeface"])
     parser.add_argument("--cache", type=Path, default=Path("/tmp/deepdefacer_qc_pydeface"))
+    parser.add_argument("--cached-only", action="store_true",
+                        help="pydeface: only heads whose registration is already in --cache")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
@@ -116,6 +118,9 @@ def main(argv=None) -> int:
                 continue
             if defacer == "pydeface" and orientation is not None:
                 continue  # same registration as the stored orientation; the check sees the same RAS grid
+            if defacer == "pydeface" and args.cached_only and not (
+                    args.cache / (path.name.split(".")[0] + "_pydefacemask.nii.gz")).exists():
+                continue
             if defacer == "slab":
                 defaced, mask = slab_deface(img)
             elif defacer == "model":

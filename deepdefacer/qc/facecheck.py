@@ -35,7 +35,7 @@ RIDGE_MIN_LENGTH_MM = 13.5  # vertical run of the ridge (the nasal dorsum is 35-
 # falls away on both sides, but smoothly, so a parabola through the surface at
 # these lateral offsets predicts it, while it misses the nose by 10-30 mm.
 CURVATURE_OFFSETS_MM = (18.0, 30.0)
-BUMP_MIN_MM = 6.0
+BUMP_MIN_MM = 4.0
 # A nose's front is the face's frontmost point, or close to it (a chin or brow may
 # stand a few mm further forward). What remains of the nasal cavity behind a
 # defacing cut can be ridge-shaped too, but it lies 30-50 mm behind the forehead.
