@@ -162,3 +162,19 @@ def test_deepdeface_usage_errors(tmp_path, capsys):
     source = tmp_path / "t1.nii.gz"
     assert deface_one.main([str(source), "-o", str(source), "--force"]) == 2
     assert "would overwrite an input" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_unexpected_errors_are_one_line_unless_verbose(verbose, tmp_path, capsys, monkeypatch):
+    from deepdefacer.bids import outputs
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(outputs, "prepare_output_dataset", broken)
+    arguments = [str(DEMO), str(tmp_path / "out"), "participant", "--skip-bids-validation"]
+    status = main(arguments + (["--verbose"] if verbose else []))
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "RuntimeError: simulated bug" in err
+    assert ("Traceback" in err) == verbose

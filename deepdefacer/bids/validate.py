@@ -48,7 +48,7 @@ def find_validator() -> str:
     return found
 
 
-def validate_dataset(path, timeout_seconds: float = 600) -> ValidationResult:
+def validate_dataset(path, timeout_seconds: float = 3600) -> ValidationResult:
     command = [find_validator(), str(path), "--format", "json"]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout_seconds)
     try:

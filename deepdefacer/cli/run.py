@@ -44,6 +44,13 @@ def main(argv=None) -> int:
         log.error("interrupted: every output written so far is complete; run the same command "
                   "again to finish the rest")
         return 130
+    except Exception as exc:  # a bug or an environment problem: one line unless --verbose
+        if args.verbose:
+            log.exception("unexpected error")
+        else:
+            log.error("unexpected error: %s: %s (--verbose shows the traceback)",
+                      type(exc).__name__, exc)
+        return EXIT_SCANS_FAILED
 
 
 def run_participant_level(args, command_line: str) -> int:
