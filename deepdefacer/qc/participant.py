@@ -37,6 +37,8 @@ def qc_scan(original_img, defaced_img, mask_img, out_dir, stem: str, source: str
     that cannot run says so in "notes".
     """
     started = time.perf_counter()
+    if not stem or Path(stem).name != stem:
+        raise ValueError(f"stem must be a file name without folders, got {stem!r}")
     figures = Path(out_dir) / "figures"
     original = ras_volume(original_img)
     # Same grid and threshold for the defaced scan, so before and after differ only by the mask.

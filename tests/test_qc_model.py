@@ -1,0 +1,60 @@
+"""The face check on the shipped model's outputs: the false-alarm side with real defacings."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from qc_helpers import head_paths, requires_heads
+
+from deepdefacer.qc.facecheck import check_image
+from deepdefacer.qc.participant import qc_scan
+from deepdefacer.qc.volume import mask_on_grid, ras_volume
+
+pytestmark = [requires_heads, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def defacer():
+    try:
+        from deepdefacer.model import load_defacer
+
+        return load_defacer(device="cpu")
+    except FileNotFoundError as error:
+        pytest.skip(f"shipped model not available: {error}")
+
+
+def nose_tip_removed(original, mask) -> bool:
+    """Whether the mask covers the head's frontmost point (the nose tip on these heads)."""
+    volume = ras_volume(original)
+    removed = mask_on_grid(mask, volume.head.shape, volume.voxel_mm)
+    points = np.argwhere(volume.head)
+    tip = points[np.argmax(points[:, 1])]
+    return bool(removed[tuple(slice(max(c - 2, 0), c + 3) for c in tip)].any())
+
+
+@pytest.fixture(scope="module")
+def model_outputs(defacer):
+    from deepdefacer.deface import deface
+
+    outputs = {}
+    for path in head_paths():
+        original = nib.load(path)
+        defaced, mask = deface(original, defacer)
+        outputs[path.name] = (original, defaced, mask)
+    return outputs
+
+
+def test_false_alarms_on_model_defaced_heads_at_most_10_percent(model_outputs):
+    judged = {name: check_image(defaced) for name, (original, defaced, mask) in model_outputs.items()
+              if nose_tip_removed(original, mask)}
+    assert len(judged) >= 9, f"the model left the nose tip on {len(model_outputs) - len(judged)} heads"
+    alarms = {name: e.reason for name, e in judged.items() if e.face_present}
+    assert len(alarms) / len(judged) <= 0.10, alarms
+
+
+def test_model_output_passes_qc(model_outputs, tmp_path):
+    original, defaced, mask = model_outputs["colin27_t1w_2mm.nii"]
+    verdict = qc_scan(original, defaced, mask, tmp_path, "sub-colin_T1w")
+    assert verdict["verdict"] == "pass", verdict["flags"]
+    assert verdict["face_before"]["face_present"]
