@@ -74,6 +74,8 @@ RUN if ! python3 -c 'import venv' 2>/dev/null; then \
     fi
 ARG VARIANT=cpu
 ARG VERSION=unknown
+# Recorded as GeneratedBy.Container in the outputs' dataset_description.json.
+ARG IMAGE_NAME=deepdefacer:${VERSION}-${VARIANT}
 LABEL org.opencontainers.image.title="deepdefacer" \
       org.opencontainers.image.description="Deepdefacer BIDS App: removes faces from MRI head scans with a 3D U-Net (${VARIANT})" \
       org.opencontainers.image.version="${VERSION}" \
@@ -89,7 +91,7 @@ ENV PATH=/opt/deepdefacer/bin:/opt/venv/bin:${PATH} \
     TF_CPP_MIN_LOG_LEVEL=2 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    DEEPDEFACER_CONTAINER="docker:deepdefacer:${VERSION}-${VARIANT}"
+    DEEPDEFACER_CONTAINER_IMAGE="${IMAGE_NAME}"
 COPY --from=deps /opt/venv /opt/venv
 # The default non-root user (uid 1000); any other uid works as well (docker run --user "$(id -u):$(id -g)").
 RUN groupadd --gid 1000 deepdefacer \

@@ -40,9 +40,17 @@ timed() {  # name command...: runs the command and records how long it took
   timings+=("$(printf '  %-44s %5d s' "$name" $((SECONDS - started)))")
 }
 
-dockerd_pid="" work_dir=""
+dockerd_pid="" work_dir="" image_bytes=""
+summary() {
+  say "=== timings"
+  printf '%s\n' "${timings[@]}"
+  printf '  %-44s %5d s\n' "total" "$SECONDS"
+  [ -n "$image_bytes" ] && say "image $image: $(awk -v b="$image_bytes" 'BEGIN {printf "%.2f GB (%d bytes)", b / 1e9, b}')"
+}
+
 cleanup() {
   local status=$?
+  summary
   [ -n "$work_dir" ] && rm -rf "$work_dir"
   if [ -n "$dockerd_pid" ]; then
     say "stopping dockerd (pid $dockerd_pid)"
@@ -97,7 +105,7 @@ make_reference_venv() {
   if [ ! -f "$venv/.complete" ]; then
     rm -rf "$cache_dir"/venv-*
     "$python" -m venv "$venv"
-    "$venv/bin/pip" install --quiet --no-index --find-links "$wheelhouse" \
+    "$venv/bin/pip" install --quiet --no-compile --no-index --find-links "$wheelhouse" \
       --requirement "$wheelhouse/requirements-cpu.txt"
     touch "$venv/.complete"
   fi
@@ -149,7 +157,7 @@ run_container() {
 }
 
 run_bare() {
-  "$venv/bin/deepdefacer" "$work_dir/input" "$work_dir/bare" participant \
+  TF_CPP_MIN_LOG_LEVEL=2 "$venv/bin/deepdefacer" "$work_dir/input" "$work_dir/bare" participant \
     || die "the bare deepdefacer run exited with $?"
 }
 
@@ -203,8 +211,4 @@ timed "bare deepdefacer run ($dataset)" run_bare
 timed "output checks, validator" check_outputs
 timed "GPU image dependencies (resolve only)" resolve_gpu
 
-say "=== summary"
-printf '%s\n' "${timings[@]}"
-printf '  %-44s %5d s\n' "total" "$SECONDS"
-say "image $image: $(awk -v b="$image_bytes" 'BEGIN {printf "%.2f GB (%d bytes)", b / 1e9, b}')"
 say "all container checks passed"
