@@ -23,7 +23,7 @@ import numpy as np
 
 from deepdefacer.conform import GridPlan
 from deepdefacer.train.augment import Head, sample
-from deepdefacer.train.data import split
+from deepdefacer.train.data import DATA_ROOT, split
 from deepdefacer.train.labels import label_name
 
 REPO = Path(__file__).resolve().parents[2]
@@ -145,6 +145,8 @@ def parse_args(argv=None):
     parser.add_argument("--max-minutes", type=float, default=110.0,
                         help="stop after the epoch that crosses this wall time")
     parser.add_argument("--max-heads", type=int, help="train on the first N labelled heads")
+    parser.add_argument("--heads-file", type=Path,
+                        help="train on these heads (paths relative to shared/data, one a line)")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--export", metavar="NAME", help="write models/NAME.keras and its card")
     parser.add_argument("--models-dir", type=Path, default=REPO / "models")
@@ -167,7 +169,9 @@ def main(argv=None) -> int:
     parts = split()
     train_paths = [p for p in parts["train"] if (args.labels / f"{label_name(p)}_face.nii.gz").exists()]
     previous = args.run_dir / "training_heads.txt"
-    if args.resume and previous.exists():  # the same heads as the interrupted run
+    if args.heads_file:  # reproduce a run: exactly the heads its model card lists
+        train_paths = [DATA_ROOT / line for line in args.heads_file.read_text().split()]
+    elif args.resume and previous.exists():  # the same heads as the interrupted run
         train_paths = [Path(line) for line in previous.read_text().split()]
     elif args.smoke:
         train_paths = train_paths[:2]
