@@ -64,10 +64,10 @@ def test_app_selects_every_anatomical_image_and_reports_each_placeholder(dataset
         assert status == 1
         assert f"{len(expected)} scan(s): 0 defaced, 0 already up to date, " \
                f"{len(expected)} failed" in stderr
-        # Failed scans leave nothing behind but the dataset description.
-        written = [p.relative_to(tmp_path / "out").as_posix()
-                   for p in (tmp_path / "out").rglob("*") if p.is_file()]
-        assert written == ["dataset_description.json"]
+        # Failed scans leave nothing behind: only the dataset's own files.
+        written = {p.relative_to(tmp_path / "out").as_posix()
+                   for p in (tmp_path / "out").rglob("*") if p.is_file()}
+        assert written == {"dataset_description.json", "README.md", ".bidsignore"}
     else:
         assert status == 0
         assert "no anatomical images match the selection" in stderr
