@@ -105,6 +105,31 @@ def head_box_ras(data: np.ndarray, affine: np.ndarray, step_mm: float = 4.0):
     return origin + (ijk.min(axis=1) - 0.5) * step_mm, origin + (ijk.max(axis=1) + 0.5) * step_mm
 
 
+# The smallest head is a newborn's, ~120 mm front to back. A "head" smaller than this in
+# every direction means the header's voxel sizes are wrong (e.g. a 4 mm conformed volume
+# stored with 1 mm voxels), not a tiny head.
+MIN_HEAD_MM = 100.0
+ASSUMED_HEAD_MM = 200.0
+
+
+def plausible_affine(data: np.ndarray, affine: np.ndarray):
+    """The affine to use for the model, and the scale applied to the header's voxel sizes.
+
+    When the head would be implausibly small, the voxel sizes are scaled (about the head's
+    centre) so that it spans ``ASSUMED_HEAD_MM``; the output keeps the original header.
+    """
+    box_min, box_max = head_box_ras(data, affine)
+    extent = float(np.max(box_max - box_min))
+    if extent >= MIN_HEAD_MM:
+        return np.asarray(affine, float), 1.0
+    scale = ASSUMED_HEAD_MM / max(extent, 1.0)
+    centre = (box_min + box_max) / 2.0
+    about_centre = np.eye(4)
+    about_centre[:3, :3] *= scale
+    about_centre[:3, 3] = centre - scale * centre
+    return about_centre @ np.asarray(affine, float), scale
+
+
 def cube_affine(box_min: np.ndarray, box_max: np.ndarray, plan: GridPlan) -> np.ndarray:
     """Affine of the canonical cube for a head occupying the RAS box."""
     side = plan.size * plan.voxel_mm

@@ -8,8 +8,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from deepdefacer.conform import conform, native_box, to_native, voxel_sizes
+import logging
+
+from deepdefacer.conform import (ASSUMED_HEAD_MM, conform, native_box, plausible_affine,
+                                 to_native, voxel_sizes)
 from deepdefacer.errors import InputError
+
+log = logging.getLogger("deepdefacer")
 
 
 def deface(img, defacer=None):
@@ -23,15 +28,20 @@ def deface(img, defacer=None):
 
         defacer = default_defacer()
     data = image_data(img)
-    conformed = conform(data, img.affine, defacer.plan)
+    affine, scale = plausible_affine(data, img.affine)
+    if scale != 1.0:
+        log.warning("%s: the head is only %.0f mm across with the header's voxel sizes; "
+                    "assuming they are %.1fx too small", img.get_filename() or "<image>",
+                    ASSUMED_HEAD_MM / scale, scale)
+    conformed = conform(data, affine, defacer.plan)
     face_cube, brain_cube = defacer.predict(conformed.array)
     face_cube = largest_region(face_cube, defacer.face_threshold)
     guard_cube = brain_guard_field(brain_cube, defacer.brain_threshold,
                                    defacer.brain_margin_mm, defacer.plan.voxel_mm)
     box = native_box(face_cube >= defacer.face_threshold / 2, conformed.affine_ras,
-                     img.affine, data.shape)
-    face_native = to_native(face_cube, conformed.affine_ras, img.affine, data.shape, box)
-    guard_native = to_native(guard_cube, conformed.affine_ras, img.affine, data.shape, box)
+                     affine, data.shape)
+    face_native = to_native(face_cube, conformed.affine_ras, affine, data.shape, box)
+    guard_native = to_native(guard_cube, conformed.affine_ras, affine, data.shape, box)
     mask = (face_native >= defacer.face_threshold) & (guard_native <= 0)
     mask = largest_region_in_box(mask, box)
     return apply_mask(img, mask), mask_image(img, mask)

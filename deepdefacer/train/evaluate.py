@@ -145,8 +145,14 @@ def main(argv=None) -> int:
     parser.add_argument("--sets", nargs="+", default=["validation", "heads"])
     parser.add_argument("--json", type=Path, help="write all results here")
     parser.add_argument("--consistency", action="store_true", help="48 axis orders and rotations")
+    parser.add_argument("--face-threshold", type=float, help="override the model card's")
+    parser.add_argument("--brain-margin-mm", type=float, help="override the model card's")
     args = parser.parse_args(argv)
     defacer = load_defacer("cpu", args.model)
+    if args.face_threshold is not None:
+        defacer.face_threshold = args.face_threshold
+    if args.brain_margin_mm is not None:
+        defacer.brain_margin_mm = args.brain_margin_mm
     parts = split()
     rows = []
     print("set\thead\tface_removed\teyes\tnose\tmouth\tbrain_removed\tdice\tseconds\tpass")

@@ -30,6 +30,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from deepdefacer.conform import plausible_affine
 from deepdefacer.train.data import DATA_ROOT, split, training_heads
 
 
@@ -126,7 +127,17 @@ def register_labels(head_path: Path, template: dict, seed: int = 1):
     ants = _ants()
     start = time.perf_counter()
     moving, masks = _template_images(template)
-    fixed = ants.image_read(str(head_path))
+    img = nib.load(head_path)
+    affine, scale = plausible_affine(img.get_fdata(dtype=np.float32), img.affine)
+    if scale != 1.0:  # wrong voxel sizes in the header: register with plausible ones
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            fixed_path = Path(tmp) / "rescaled.nii.gz"
+            nib.save(nib.Nifti1Image(img.get_fdata(dtype=np.float32), affine), fixed_path)
+            fixed = ants.image_read(str(fixed_path))
+    else:
+        fixed = ants.image_read(str(head_path))
     if fixed.dimension != 3:
         raise ValueError(f"{head_path}: not 3D")
     reg = ants.registration(fixed, moving, type_of_transform="Affine", random_seed=seed,
