@@ -183,14 +183,15 @@ def resample(data: np.ndarray, affine_in: np.ndarray, affine_out: np.ndarray, sh
     data = np.asarray(data, dtype=np.float32)
     permutation = _axis_permutation(mapping[:3, :3]) if order == 1 else None
     if permutation is not None:
-        out = data - cval if cval else data
-        # Contract input axis permutation[i] into output axis i, one axis at a time.
-        out = np.transpose(out, permutation)
-        for axis in range(3):
-            source = permutation[axis]
-            weights = _linear_weights(shape_out[axis], out.shape[axis],
-                                      mapping[source, axis], mapping[source, 3])
-            out = np.moveaxis(np.tensordot(weights, out, axes=([1], [axis])), 0, axis)
+        source = np.transpose(data - cval if cval else data, permutation)
+        w0, w1, w2 = (_linear_weights(shape_out[axis], source.shape[axis],
+                                      mapping[permutation[axis], axis],
+                                      mapping[permutation[axis], 3]) for axis in range(3))
+        m0, m1, m2 = source.shape
+        # Three matrix products on contiguous arrays (no transposed copies of big arrays):
+        # axis 0 on (m0, m1*m2), axis 2 as a right product, axis 1 batched over axis 0.
+        out = (w0 @ np.ascontiguousarray(source).reshape(m0, m1 * m2)).reshape(-1, m1, m2)
+        out = np.matmul(w1, out @ w2.T)
         out = np.ascontiguousarray(out, dtype=np.float32)
         return out + cval if cval else out
     return ndimage.affine_transform(

@@ -27,7 +27,7 @@ def deface(img, defacer=None):
         from deepdefacer.model import default_defacer
 
         defacer = default_defacer()
-    data = image_data(img)
+    raw, data = image_data(img)
     affine, scale = plausible_affine(data, img.affine)
     if scale != 1.0:
         log.warning("%s: the head is only %.0f mm across with the header's voxel sizes; "
@@ -44,11 +44,11 @@ def deface(img, defacer=None):
     guard_native = to_native(guard_cube, conformed.affine_ras, affine, data.shape, box)
     mask = (face_native >= defacer.face_threshold) & (guard_native <= 0)
     mask = largest_region_in_box(mask, box)
-    return apply_mask(img, mask), mask_image(img, mask)
+    return apply_mask(img, raw, mask), mask_image(img, mask)
 
 
-def image_data(img) -> np.ndarray:
-    """The image as float32 3D array, or an InputError saying why it cannot be defaced."""
+def image_data(img) -> tuple[np.ndarray, np.ndarray]:
+    """The stored values and the scaled float32 3D array (read once), or an InputError."""
     name = img.get_filename() or "<image>"
     shape = img.shape
     if len(shape) == 4 and shape[3] == 1:
@@ -60,14 +60,18 @@ def image_data(img) -> np.ndarray:
     if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-9:
         raise InputError(name, "the image affine is not a valid voxel-to-world transform")
     try:
-        data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape)
+        raw = raw_array(img).reshape(shape)
     except Exception as exc:  # truncated or corrupt files surface here
         raise InputError(name, f"cannot read the image data ({exc})") from exc
+    slope, inter = scaling(img)
+    data = raw.astype(np.float32)
+    if slope != 1.0 or inter != 0.0:
+        data = data * np.float32(slope) + np.float32(inter)
     if not np.all(np.isfinite(data)):
         raise InputError(name, "image contains NaN or infinite values")
     if float(data.max()) <= float(data.min()):
         raise InputError(name, "image is empty (all voxels have the same value)")
-    return data
+    return raw, data
 
 
 def largest_region(prob: np.ndarray, threshold: float) -> np.ndarray:
@@ -112,12 +116,17 @@ def largest_region_in_box(mask: np.ndarray, box) -> np.ndarray:
     return mask
 
 
-def raw_zero(img):
-    """The stored (unscaled) value that reads back as intensity 0, or closest to it."""
-    dtype = img.get_data_dtype()
+def scaling(img) -> tuple[float, float]:
+    """(slope, intercept) that turn stored values into intensities."""
     slope, inter = (img.dataobj.slope, img.dataobj.inter) if hasattr(img.dataobj, "slope") else (1.0, 0.0)
-    slope = 1.0 if not np.isfinite(slope) or slope == 0 else float(slope)
-    inter = 0.0 if not np.isfinite(inter) else float(inter)
+    slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
+    inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
+    return slope, inter
+
+
+def raw_zero(img, dtype):
+    """The stored (unscaled) value that reads back as intensity 0, or closest to it."""
+    slope, inter = scaling(img)
     value = -inter / slope + 0.0  # + 0.0: no negative zero
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
@@ -133,10 +142,11 @@ def raw_array(img) -> np.ndarray:
     return np.asarray(proxy)
 
 
-def apply_mask(img, mask: np.ndarray):
+def apply_mask(img, raw: np.ndarray, mask: np.ndarray):
     """Set masked voxels to zero intensity in the stored values; keep everything else."""
-    raw = raw_array(img).copy()
-    raw.reshape(mask.shape)[mask] = raw_zero(img)
+    raw = raw.copy()
+    raw[mask] = raw_zero(img, raw.dtype)
+    raw = raw.reshape(img.shape)
     header = img.header.copy()
     out = img.__class__(raw, img.affine, header)
     # nibabel recomputes scaling for array images; pin the input's so raw values stay raw.
