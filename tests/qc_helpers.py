@@ -41,7 +41,10 @@ def slab_deface(img, depth_mm: float = 35.0, above_tip_mm: float = 45.0):
     """(defaced_img, mask_img) on the image's own grid; mask 1 = removed."""
     from deepdefacer.qc.volume import as_ras, ras_volume, voxel_sizes_mm
 
-    volume = ras_volume(img)
+    # Its own grid (not the QC grid), so the cut stays the same when QC's grid changes;
+    # on a coarser grid the thin nose tip can fall under the threshold and the brow
+    # becomes the frontmost point.
+    volume = ras_volume(img, voxel_mm=max(float(voxel_sizes_mm(img.affine).min()), 1.5))
     points = np.argwhere(volume.head)
     width_mm = np.ptp(points[:, 0]) * volume.voxel_mm
     scale = width_mm / 150.0  # cut sizes follow the head's size (and wrong voxel-size headers)

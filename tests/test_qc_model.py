@@ -9,7 +9,7 @@ from qc_helpers import head_paths, requires_heads
 
 from deepdefacer.qc.facecheck import check_image
 from deepdefacer.qc.participant import qc_scan
-from deepdefacer.qc.volume import mask_on_grid, ras_volume
+from deepdefacer.qc.volume import mask_on_grid, ras_volume, voxel_sizes_mm
 
 pytestmark = [requires_heads, pytest.mark.slow]
 
@@ -26,11 +26,13 @@ def defacer():
 
 def nose_tip_removed(original, mask) -> bool:
     """Whether the mask covers the head's frontmost point (the nose tip on these heads)."""
-    volume = ras_volume(original)
+    # A fine grid: on QC's 2 mm grid a thin nose tip can fall under the threshold.
+    volume = ras_volume(original, voxel_mm=max(float(voxel_sizes_mm(original.affine).min()), 1.5))
     removed = mask_on_grid(mask, volume.head.shape, volume.voxel_mm)
     points = np.argwhere(volume.head)
     tip = points[np.argmax(points[:, 1])]
-    return bool(removed[tuple(slice(max(c - 2, 0), c + 3) for c in tip)].any())
+    reach = int(np.ceil(5.0 / volume.voxel_mm))  # within 5 mm of the tip
+    return bool(removed[tuple(slice(max(c - reach, 0), c + reach + 1) for c in tip)].any())
 
 
 @pytest.fixture(scope="module")

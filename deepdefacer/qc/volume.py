@@ -71,7 +71,7 @@ def resample_isotropic(array: np.ndarray, voxel_mm_in, voxel_mm: float, order: i
     return out
 
 
-def grid_voxel_mm(voxel_mm_in, shape, max_voxels: int = 2_500_000, finest_mm: float = 1.5) -> float:
+def grid_voxel_mm(voxel_mm_in, shape, max_voxels: int = 2_500_000, finest_mm: float = 2.0) -> float:
     """The isotropic voxel size used for QC: the scan's finest axis, but not finer than
     `finest_mm` (faces are tens of mm; finer grids only cost time) and coarse enough
     that the grid stays under `max_voxels` (keeps a scan under the 2 s budget)."""
