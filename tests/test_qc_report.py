@@ -150,3 +150,14 @@ def test_report_opens_in_headless_chromium_without_console_errors(qc_output, tmp
     assert png_size(screenshot) == (1280, 1600)
     # A blank page compresses to a few kB; the report with its renders does not.
     assert screenshot.stat().st_size > 10 * (tmp_path / "broken.png").stat().st_size
+
+
+def test_group_level_command_gates_on_flags_with_exit_code_4(qc_output):
+    """`deepdefacer BIDS OUT group --fail-on-flag` turns a flagged scan into exit code 4."""
+    from deepdefacer.cli.parser import EXIT_QC_FLAGGED
+    from deepdefacer.cli.run import main
+
+    out, _ = qc_output
+    bids = Path(__file__).resolve().parents[1] / "examples" / "ds-demo"
+    assert main([str(bids), str(out), "group", "--skip-bids-validation"]) == 0
+    assert main([str(bids), str(out), "group", "--skip-bids-validation", "--fail-on-flag"]) == EXIT_QC_FLAGGED

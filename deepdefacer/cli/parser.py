@@ -14,6 +14,7 @@ from deepdefacer.bids.outputs import LAYOUTS, deepdefacer_version
 from deepdefacer.bids.select import ANATOMICAL_SUFFIXES, DEFAULT_SUFFIXES
 
 EXIT_OK, EXIT_SCANS_FAILED, EXIT_USAGE, EXIT_INVALID_DATASET = 0, 1, 2, 3
+EXIT_QC_FLAGGED = 4  # group level with --fail-on-flag: the QC report flagged a scan
 DEVICES = ("auto", "cpu", "gpu")
 
 
@@ -121,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="derivatives (default): a BIDS derivatives dataset of defaced images "
                           "and masks; bids: an upload-ready copy of the whole dataset with the "
                           "anatomical images defaced")
+    run.add_argument("--fail-on-flag", "--fail_on_flag", action="store_true",
+                     help="group level: exit with code 4 when the QC report flags any scan "
+                          "(a gate for pipelines)")
     run.add_argument("--skip-qc", action="store_true",
                      help="no per-scan QC figures and verdicts (sub-<label>/figures/; "
                           "derivatives layout only)")

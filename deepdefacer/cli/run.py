@@ -14,8 +14,8 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from deepdefacer.cli.parser import (EXIT_INVALID_DATASET, EXIT_OK, EXIT_SCANS_FAILED,
-                                    EXIT_USAGE, build_parser)
+from deepdefacer.cli.parser import (EXIT_INVALID_DATASET, EXIT_OK, EXIT_QC_FLAGGED,
+                                    EXIT_SCANS_FAILED, EXIT_USAGE, build_parser)
 from deepdefacer.errors import InputError
 
 log = logging.getLogger("deepdefacer")
@@ -201,9 +201,12 @@ def run_group_level(args) -> int:
     if not Path(args.output_dir).is_dir():
         log.error("%s: no such folder; run the participant level first", args.output_dir)
         return EXIT_USAGE
-    status = run_group(args.output_dir)
+    status = run_group(args.output_dir, fail_on_flag=args.fail_on_flag)
     log.info("QC report: %s", Path(args.output_dir) / "qc_report.html")
-    return int(status or 0)
+    if status:
+        log.error("QC flagged scans (see the report); exiting %d for --fail-on-flag", EXIT_QC_FLAGGED)
+        return EXIT_QC_FLAGGED
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------------
