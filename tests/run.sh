@@ -10,7 +10,7 @@ fi
 .venv/bin/python -m pip install --quiet -e ".[test,train]"
 # Headless Chromium opens the QC report in a test (Debian's package; root on CI and dev machines).
 if ! command -v chromium > /dev/null && [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null) \
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core > /dev/null) \
     || echo "tests/run.sh: could not install chromium; the report screenshot test will skip"
 fi
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
