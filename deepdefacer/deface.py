@@ -42,7 +42,11 @@ def deface(img, defacer=None):
                      affine, data.shape)
     face_native = to_native(face_cube, conformed.affine_ras, affine, data.shape, box)
     guard_native = to_native(guard_cube, conformed.affine_ras, affine, data.shape, box)
-    mask = (face_native >= defacer.face_threshold) & (guard_native <= 0)
+    brain_native = to_native(brain_cube, conformed.affine_ras, affine, data.shape, box)
+    # Keep what is within the margin of the cube's brain AND whatever the interpolated brain
+    # probability calls brain on this grid (a cube voxel is 5 mm: both are needed).
+    mask = ((face_native >= defacer.face_threshold) & (guard_native <= 0)
+            & (brain_native < defacer.brain_threshold))
     mask = largest_region_in_box(mask, box)
     return apply_mask(img, raw, mask), mask_image(img, mask)
 
