@@ -37,7 +37,7 @@ def in_memory(img):
 
 
 def defaced_by_model(img):
-    from deepdefacer.deface import deface
+    from deepdefacer.pipeline import deface
 
     return deface(img)
 

@@ -7,7 +7,7 @@ Originals: every head in ../shared/data/heads, each also stored in two other axi
 orders (array and affine changed together), plus the IXI and NiChart heads
 when asked. Defaced versions of each original come from:
   slab      tests/qc_helpers.slab_deface: a geometric cut behind the frontmost point
-  model     deepdefacer.deface.deface (the shipped model; skipped when it is missing)
+  model     deepdefacer.pipeline.deface (the shipped model; skipped when it is missing)
   pydeface  pydeface's face mask after an ANTs affine registration of its template
             (needs antspyx, the `train` extra; slow, so results are cached in --cache)
 A defaced head whose mask missed the head's frontmost point (the nose tip on
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     model = None
     if "model" in args.defacers:
         try:
-            from deepdefacer.deface import deface as model
+            from deepdefacer.pipeline import deface as model
             from deepdefacer.model import default_defacer
 
             default_defacer()

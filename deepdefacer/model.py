@@ -93,7 +93,7 @@ class Defacer:
         return self._compiled(batch)
 
     def deface(self, img):
-        from deepdefacer.deface import deface
+        from deepdefacer.pipeline import deface
 
         return deface(img, self)
 

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from deepdefacer.deface import deface
+from deepdefacer import deface
 from deepdefacer.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,3 +104,13 @@ def test_nan_and_empty_images_are_refused(defacer):
         deface(nib.Nifti1Image(data, np.eye(4)), defacer)
     with pytest.raises(InputError, match="empty"):
         deface(nib.Nifti1Image(np.zeros((30, 30, 30), np.int16), np.eye(4)), defacer)
+
+
+def test_package_level_deface_stays_the_function_after_the_pipeline_is_used(defacer):
+    import deepdefacer
+    import deepdefacer.pipeline  # noqa: F401
+
+    img = nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4))
+    with pytest.raises(InputError):
+        defacer.deface(img)
+    assert callable(deepdefacer.deface) and deepdefacer.deface is deface

@@ -37,7 +37,7 @@ def nose_tip_removed(original, mask) -> bool:
 
 @pytest.fixture(scope="module")
 def model_outputs(defacer):
-    from deepdefacer.deface import deface
+    from deepdefacer.pipeline import deface
 
     outputs = {}
     for path in head_paths():

@@ -61,7 +61,7 @@ def score(mask: np.ndarray, data: np.ndarray, face: np.ndarray, brain: np.ndarra
 
 
 def evaluate_head(path: Path, labels_dir: Path, defacer) -> dict:
-    from deepdefacer.deface import deface
+    from deepdefacer.pipeline import deface
 
     img = nib.load(path)
     img.get_fdata()  # read and cache before timing: timing is the method, not gunzip
@@ -104,7 +104,7 @@ def all_axis_codes():
 
 def orientation_consistency(img, defacer) -> dict:
     """Dice of each axis order's mask (brought back) with the mask of the original order."""
-    from deepdefacer.deface import deface
+    from deepdefacer.pipeline import deface
 
     reference = np.asarray(deface(img, defacer)[1].dataobj).astype(bool)
     start_codes = nib.orientations.io_orientation(img.affine)
@@ -119,7 +119,7 @@ def orientation_consistency(img, defacer) -> dict:
 
 def rotation_consistency(img, defacer, degrees=(-15, -10, -5, 5, 10, 15)) -> dict:
     """Dice with the unrotated mask when the head is rotated in the scanner (affine only)."""
-    from deepdefacer.deface import deface
+    from deepdefacer.pipeline import deface
 
     reference = np.asarray(deface(img, defacer)[1].dataobj).astype(bool)
     centre = img.affine @ np.r_[(np.array(img.shape[:3]) - 1) / 2.0, 1]
