@@ -63,6 +63,7 @@ class Defacer:
     face_threshold: float = 0.5
     brain_threshold: float = 0.3
     brain_margin_mm: float = 4.0
+    face_dilate_mm: float = 0.0
     device: str = "cpu"
     card: dict = field(default_factory=dict)
     _sha256: str | None = None
@@ -116,6 +117,7 @@ def load_defacer(device: str = "auto", model_path: str | os.PathLike | None = No
                    face_threshold=float(thresholds.get("face", 0.5)),
                    brain_threshold=float(thresholds.get("brain", 0.3)),
                    brain_margin_mm=float(thresholds.get("brain_margin_mm", 4.0)),
+                   face_dilate_mm=float(thresholds.get("face_dilate_mm", 0.0)),
                    device=used, card=card)
 
 

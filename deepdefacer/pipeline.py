@@ -5,10 +5,11 @@ conform -> predict -> back to the input grid -> clean up -> guard the brain -> a
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
-
-import logging
 
 from deepdefacer.conform import (ASSUMED_HEAD_MM, conform, native_box, plausible_affine,
                                  to_native, voxel_sizes)
@@ -33,22 +34,64 @@ def deface(img, defacer=None):
         log.warning("%s: the head is only %.0f mm across with the header's voxel sizes; "
                     "assuming they are %.1fx too small", img.get_filename() or "<image>",
                     ASSUMED_HEAD_MM / scale, scale)
+    prediction = predict(data, affine, defacer)
+    mask = face_mask(prediction, defacer.face_threshold, defacer.brain_threshold,
+                     defacer.brain_margin_mm, defacer.face_dilate_mm)
+    return apply_mask(img, raw, mask), mask_image(img, mask)
+
+
+@dataclass
+class Prediction:
+    """The model's face and brain probabilities on the canonical cube, and both grids."""
+
+    face: np.ndarray
+    brain: np.ndarray
+    cube_affine: np.ndarray
+    voxel_mm: float
+    native_affine: np.ndarray
+    native_shape: tuple
+
+
+def predict(data: np.ndarray, affine: np.ndarray, defacer) -> Prediction:
+    """Conform the scan and run the model (the only step that needs TensorFlow)."""
     conformed = conform(data, affine, defacer.plan)
     face_cube, brain_cube = defacer.predict(conformed.array)
-    face_cube = largest_region(face_cube, defacer.face_threshold)
-    guard_cube = brain_guard_field(brain_cube, defacer.brain_threshold,
-                                   defacer.brain_margin_mm, defacer.plan.voxel_mm)
-    box = native_box(face_cube >= defacer.face_threshold / 2, conformed.affine_ras,
-                     affine, data.shape)
-    face_native = to_native(face_cube, conformed.affine_ras, affine, data.shape, box)
-    guard_native = to_native(guard_cube, conformed.affine_ras, affine, data.shape, box)
-    brain_native = to_native(brain_cube, conformed.affine_ras, affine, data.shape, box)
+    return Prediction(face_cube, brain_cube, conformed.affine_ras, defacer.plan.voxel_mm,
+                      affine, tuple(data.shape))
+
+
+def face_mask(pred: Prediction, face_threshold: float, brain_threshold: float,
+              brain_margin_mm: float, face_dilate_mm: float = 0.0) -> np.ndarray:
+    """The mask of removed voxels on the native grid (bool).
+
+    Face = the largest connected region of face probability >= ``face_threshold``,
+    grown by ``face_dilate_mm``; minus everything within ``brain_margin_mm`` of the
+    predicted brain. Every field is mapped to the native grid trilinearly (smooth
+    edges at the input's own resolution) and only inside the face's bounding box.
+    """
+    face_cube = largest_region(pred.face, face_threshold)
+    region = face_cube >= face_threshold
+    grown = None
+    if face_dilate_mm > 0 and region.any():
+        # Positive within face_dilate_mm of the face region: a distance field, so the
+        # grown edge is smooth on fine native grids too.
+        grown = (face_dilate_mm - ndimage.distance_transform_edt(~region, sampling=pred.voxel_mm)
+                 ).astype(np.float32)
+        region = grown >= -pred.voxel_mm
+    guard_cube = brain_guard_field(pred.brain, brain_threshold, brain_margin_mm, pred.voxel_mm)
+    box = native_box(region | (face_cube >= face_threshold / 2), pred.cube_affine,
+                     pred.native_affine, pred.native_shape)
+
+    def native(cube):
+        return to_native(cube, pred.cube_affine, pred.native_affine, pred.native_shape, box)
+
+    face = native(face_cube) >= face_threshold
+    if grown is not None:
+        face |= native(grown) > 0  # 0 outside the box and the cube: never grown there
     # Keep what is within the margin of the cube's brain AND whatever the interpolated brain
     # probability calls brain on this grid (a cube voxel is 5 mm: both are needed).
-    mask = ((face_native >= defacer.face_threshold) & (guard_native <= 0)
-            & (brain_native < defacer.brain_threshold))
-    mask = largest_region_in_box(mask, box)
-    return apply_mask(img, raw, mask), mask_image(img, mask)
+    mask = face & (native(guard_cube) <= 0) & (native(pred.brain) < brain_threshold)
+    return largest_region_in_box(mask, box)
 
 
 def image_data(img) -> tuple[np.ndarray, np.ndarray]:

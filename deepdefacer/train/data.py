@@ -20,6 +20,13 @@ TEMPLATE_HEADS = (
     "niivuedeface_MNI152_2009_SSW.nii.gz",
 )
 NICHART_VALIDATION = ("Subj1", "Subj13", "Subj19", "Subj7")
+# Heads whose reference registration failed on review of the overlays: no label, neither
+# trained on nor scored (see labels/README.md).
+REJECTED = {
+    "IXI260-HH-1805_T1": "face region registered onto the mouth and chin; brain too small and low",
+    "IXI387-HH-2101_T1": "face region only a sliver in front of the lower face",
+    "IXI451-HH-2212_T1": "face region shifted down: starts below the nose, eyes not covered",
+}
 
 
 def _subject(path: Path) -> str:
@@ -39,6 +46,10 @@ def validation_heads() -> list[Path]:
     return sorted(p for p in (DATA_ROOT / "heads").iterdir() if p.name.endswith((".nii", ".nii.gz")))
 
 
+def _accepted(paths: list[Path]) -> list[Path]:
+    return [p for p in paths if p.name.split(".nii")[0] not in REJECTED]
+
+
 def split() -> dict[str, list[Path]]:
     ixi = ixi_heads()
     ixi_val = ixi[::5]
@@ -46,7 +57,8 @@ def split() -> dict[str, list[Path]]:
     nichart_val = [p for p in nichart if _subject(p) in NICHART_VALIDATION]
     templates = [DATA_ROOT / "templates" / name for name in TEMPLATE_HEADS]
     train = [p for p in ixi if p not in ixi_val] + [p for p in nichart if p not in nichart_val] + templates
-    return {"train": train, "validation": ixi_val + nichart_val, "heads": validation_heads()}
+    return {"train": _accepted(train), "validation": _accepted(ixi_val + nichart_val),
+            "heads": validation_heads()}
 
 
 def training_heads(include_validation_heads: bool = False) -> list[Path]:

@@ -148,6 +148,9 @@ def parse_args(argv=None):
     parser.add_argument("--heads-file", type=Path,
                         help="train on these heads (paths relative to shared/data, one a line)")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--init-from", type=Path, metavar="KERAS",
+                        help="start from this model's weights (same cube and network), e.g. to "
+                             "continue a shipped model on more labelled heads")
     parser.add_argument("--export", metavar="NAME", help="write models/NAME.keras and its card")
     parser.add_argument("--models-dir", type=Path, default=REPO / "models")
     parser.add_argument("--smoke", action="store_true", help="tiny network, few steps (CI)")
@@ -194,6 +197,9 @@ def main(argv=None) -> int:
         from deepdefacer.train.network import build_unet
 
         model = build_unet(size=plan.size, base_filters=args.base_filters)
+        if args.init_from:
+            model.set_weights(keras.models.load_model(args.init_from, compile=False).get_weights())
+            print(f"initialised from {args.init_from}", flush=True)
         model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=dice_bce_loss,
                       metrics=[face_dice])
     data = make_dataset(heads, plan, args.batch_size, args.steps, args.seed, augment=True)
@@ -220,6 +226,8 @@ def main(argv=None) -> int:
             "epochs": int(json.loads(state_path.read_text())["epoch"]),
             "steps_per_epoch": args.steps, "batch_size": args.batch_size, "seed": args.seed,
             "base_filters": args.base_filters,
+            **({"initialised_from": {"file": args.init_from.name, "sha256": sha256_of(args.init_from)}}
+               if args.init_from else {}),
             "final_loss": {k: float(v[-1]) for k, v in history.history.items()} if history.history else {},
             "training_data": [{"file": str(h_path.relative_to(h_path.parents[1])), "sha256": sha256_of(h_path)}
                               for h_path in train_paths],

@@ -1,0 +1,87 @@
+"""Choose the decision parameters of a model: ``python -m deepdefacer.train.sweep``.
+
+Runs the model once per head, then scores every combination of face threshold, face
+growth (mm) and brain margin (mm) against the reference labels, and prints per
+combination: heads passing every criterion, the worst face fraction, the most brain
+voxels removed. The chosen values go into the model card's ``thresholds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from deepdefacer.conform import plausible_affine
+from deepdefacer.pipeline import face_mask, image_data, predict
+from deepdefacer.train.data import split
+from deepdefacer.train.evaluate import LANDMARK_NAMES, passes, score
+from deepdefacer.train.labels import label_name
+
+
+def floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
+
+
+def main(argv=None) -> int:
+    from deepdefacer.model import load_defacer
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--labels", type=Path, default=Path(__file__).resolve().parents[2] / "labels")
+    parser.add_argument("--model", type=Path, help="a .keras file (default: the shipped model)")
+    parser.add_argument("--sets", nargs="+", default=["validation", "heads"])
+    parser.add_argument("--face-threshold", type=floats, default=[0.3, 0.4, 0.5])
+    parser.add_argument("--face-dilate-mm", type=floats, default=[0.0, 3.0, 6.0])
+    parser.add_argument("--brain-margin-mm", type=floats, default=[4.0, 6.0])
+    parser.add_argument("--brain-threshold", type=floats, default=[0.3])
+    parser.add_argument("--json", type=Path, help="write every score here")
+    args = parser.parse_args(argv)
+    defacer = load_defacer("cpu", args.model)
+    combos = list(itertools.product(args.face_threshold, args.face_dilate_mm,
+                                    args.brain_margin_mm, args.brain_threshold))
+    results = {c: [] for c in combos}
+    parts = split()
+    for set_name in args.sets:
+        for path in parts[set_name]:
+            name = label_name(path)
+            if not (args.labels / f"{name}_face.nii.gz").exists():
+                continue
+            img = nib.load(path)
+            _, data = image_data(img)
+            affine, _ = plausible_affine(data, img.affine)
+            pred = predict(data, affine, defacer)
+            labels = {k: np.asarray(nib.load(args.labels / f"{name}_{k}.nii.gz").dataobj)
+                      for k in ("face", "brain", "landmarks")}
+            for combo in combos:
+                threshold, dilate, margin, brain_threshold = combo
+                mask = face_mask(pred, threshold, brain_threshold, margin, dilate)
+                row = score(mask, data, labels["face"], labels["brain"], labels["landmarks"])
+                row.update(head=name, set=set_name)
+                row["pass"] = passes(row)
+                results[combo].append(row)
+            print(f"{set_name} {name}: " + " ".join(
+                f"{int(r['pass'])}" for r in (results[c][-1] for c in combos)), flush=True)
+    print("face_t\tgrow_mm\tmargin_mm\tbrain_t\tpassed\tworst_face\tmedian_face\tmax_brain\t"
+          "heads_with_brain\tlandmark_misses")
+    for combo, rows in results.items():
+        if not rows:
+            continue
+        misses = sum(1 for r in rows for n in LANDMARK_NAMES if r[n] is False)
+        print(f"{combo[0]}\t{combo[1]}\t{combo[2]}\t{combo[3]}\t{sum(r['pass'] for r in rows)}/{len(rows)}\t"
+              f"{min(r['face_removed'] for r in rows):.3f}\t"
+              f"{np.median([r['face_removed'] for r in rows]):.3f}\t"
+              f"{max(r['brain_removed_voxels'] for r in rows)}\t"
+              f"{sum(r['brain_removed_voxels'] > 0 for r in rows)}\t{misses}")
+    if args.json:
+        args.json.write_text(json.dumps({"|".join(map(str, c)): rows for c, rows in results.items()},
+                                        indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
