@@ -114,3 +114,38 @@ def test_package_level_deface_stays_the_function_after_the_pipeline_is_used(defa
     with pytest.raises(InputError):
         defacer.deface(img)
     assert callable(deepdefacer.deface) and deepdefacer.deface is deface
+
+
+def test_face_growth_extends_the_face_by_its_distance_and_never_into_the_guard():
+    """face_mask on known probability cubes: growing by g mm moves the face's edge out by
+    about g mm on a fine native grid, and nothing within the brain margin is removed."""
+    from deepdefacer.pipeline import Prediction, face_mask
+
+    voxel, size = 4.0, 32
+    cube_affine = np.diag([voxel] * 3 + [1.0])
+    cube_affine[:3, 3] = -voxel * (size - 1) / 2  # cube centred on the origin
+    centres = np.arange(size) * voxel - voxel * (size - 1) / 2
+    x, y, z = np.meshgrid(centres, centres, centres, indexing="ij")
+    face = (y > 30.0).astype(np.float32)                    # a slab in front: y > 30 mm
+    brain = (x**2 + y**2 + z**2 < 20.0**2).astype(np.float32)  # a ball of 20 mm
+    native_affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    native_affine[:3, 3] = -50.0
+    shape = (101, 101, 101)                                 # 1 mm voxels, -50..50 mm
+    pred = Prediction(face, brain, cube_affine, voxel, native_affine, shape)
+    ys = np.arange(shape[1]) - 50.0
+    far = (slice(0, 10), slice(None), slice(0, 10))         # a corner far from the brain
+
+    def front_edge(mask):
+        return ys[mask[far].any(axis=(0, 2))].min()
+
+    plain = face_mask(pred, 0.5, 0.5, 4.0, 0.0)
+    grown = face_mask(pred, 0.5, 0.5, 4.0, 10.0)
+    assert np.all(grown >= plain)
+    # the cube's face edge is halfway between the last 0 and first 1 voxel centres
+    assert abs(front_edge(plain) - 30.0) <= voxel / 2 + 1
+    assert abs((front_edge(plain) - front_edge(grown)) - 10.0) <= voxel / 2 + 1
+    # the grown face reaches the ball's margin and stops there
+    gx, gy, gz = np.meshgrid(ys, ys, ys, indexing="ij")
+    distance_to_brain = np.sqrt(gx**2 + gy**2 + gz**2) - 20.0
+    assert grown[distance_to_brain < 4.0 - voxel / 2].sum() == 0
+    assert grown[(distance_to_brain < 8.0) & (gy > 20)].any()
