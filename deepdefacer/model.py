@@ -64,6 +64,7 @@ class Defacer:
     brain_threshold: float = 0.3
     brain_margin_mm: float = 4.0
     face_dilate_mm: float = 0.0
+    growth_margin_mm: float | None = None
     device: str = "cpu"
     card: dict = field(default_factory=dict)
     _sha256: str | None = None
@@ -118,6 +119,8 @@ def load_defacer(device: str = "auto", model_path: str | os.PathLike | None = No
                    brain_threshold=float(thresholds.get("brain", 0.3)),
                    brain_margin_mm=float(thresholds.get("brain_margin_mm", 4.0)),
                    face_dilate_mm=float(thresholds.get("face_dilate_mm", 0.0)),
+                   growth_margin_mm=(float(thresholds["growth_margin_mm"])
+                                     if thresholds.get("growth_margin_mm") is not None else None),
                    device=used, card=card)
 
 

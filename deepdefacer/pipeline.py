@@ -36,7 +36,7 @@ def deface(img, defacer=None):
                     ASSUMED_HEAD_MM / scale, scale)
     prediction = predict(data, affine, defacer)
     mask = face_mask(prediction, defacer.face_threshold, defacer.brain_threshold,
-                     defacer.brain_margin_mm, defacer.face_dilate_mm)
+                     defacer.brain_margin_mm, defacer.face_dilate_mm, defacer.growth_margin_mm)
     return apply_mask(img, raw, mask), mask_image(img, mask)
 
 
@@ -61,14 +61,19 @@ def predict(data: np.ndarray, affine: np.ndarray, defacer) -> Prediction:
 
 
 def face_mask(pred: Prediction, face_threshold: float, brain_threshold: float,
-              brain_margin_mm: float, face_dilate_mm: float = 0.0) -> np.ndarray:
+              brain_margin_mm: float, face_dilate_mm: float = 0.0,
+              growth_margin_mm: float | None = None) -> np.ndarray:
     """The mask of removed voxels on the native grid (bool).
 
-    Face = the largest connected region of face probability >= ``face_threshold``,
-    grown by ``face_dilate_mm``; minus everything within ``brain_margin_mm`` of the
-    predicted brain. Every field is mapped to the native grid trilinearly (smooth
-    edges at the input's own resolution) and only inside the face's bounding box.
+    Face = the largest connected region of face probability >= ``face_threshold``, kept
+    only farther than ``brain_margin_mm`` from the predicted brain; plus that region grown
+    by ``face_dilate_mm``, kept only farther than ``growth_margin_mm`` (default: the brain
+    margin) from the brain, so growth fills in the model's uncertain edges in front of and
+    below the face but not towards the brain. Every field is mapped to the native grid
+    trilinearly (smooth edges at the input's own resolution), only inside the face's box.
     """
+    if growth_margin_mm is None:
+        growth_margin_mm = brain_margin_mm
     face_cube = largest_region(pred.face, face_threshold)
     region = face_cube >= face_threshold
     grown = None
@@ -78,20 +83,21 @@ def face_mask(pred: Prediction, face_threshold: float, brain_threshold: float,
         grown = (face_dilate_mm - ndimage.distance_transform_edt(~region, sampling=pred.voxel_mm)
                  ).astype(np.float32)
         region = grown >= -pred.voxel_mm
-    guard_cube = brain_guard_field(pred.brain, brain_threshold, brain_margin_mm, pred.voxel_mm)
     box = native_box(region | (face_cube >= face_threshold / 2), pred.cube_affine,
                      pred.native_affine, pred.native_shape)
 
     def native(cube):
         return to_native(cube, pred.cube_affine, pred.native_affine, pred.native_shape, box)
 
-    face = native(face_cube) >= face_threshold
+    # Distance (mm) to the predicted brain; 0 outside the box and the cube (never removed).
+    brain_mm = native(brain_distance(pred.brain, brain_threshold, pred.voxel_mm))
+    # The interpolated brain probability also keeps what it calls brain on this grid (a cube
+    # voxel is 5 mm: the distance alone can miss a thin fold).
+    not_brain = native(pred.brain) < brain_threshold
+    mask = (native(face_cube) >= face_threshold) & (brain_mm > brain_margin_mm)
     if grown is not None:
-        face |= native(grown) > 0  # 0 outside the box and the cube: never grown there
-    # Keep what is within the margin of the cube's brain AND whatever the interpolated brain
-    # probability calls brain on this grid (a cube voxel is 5 mm: both are needed).
-    mask = face & (native(guard_cube) <= 0) & (native(pred.brain) < brain_threshold)
-    return largest_region_in_box(mask, box)
+        mask |= (native(grown) > 0) & (brain_mm > growth_margin_mm)
+    return largest_region_in_box(mask & not_brain, box)
 
 
 def image_data(img) -> tuple[np.ndarray, np.ndarray]:
@@ -134,18 +140,16 @@ def largest_region(prob: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(keep, prob, 0.0).astype(np.float32)
 
 
-def brain_guard_field(brain_prob: np.ndarray, threshold: float, margin_mm: float,
-                      voxel_mm: float) -> np.ndarray:
-    """Signed field (mm): positive within ``margin_mm`` of the predicted brain.
+def brain_distance(brain_prob: np.ndarray, threshold: float, voxel_mm: float) -> np.ndarray:
+    """Distance (mm) from each cube voxel to the predicted brain (0 inside it).
 
     A distance field, unlike a binary mask, interpolates smoothly onto fine native
-    grids, so the margin holds at the input's own resolution.
+    grids, so a margin holds at the input's own resolution.
     """
     brain = brain_prob >= threshold
     if not brain.any():
-        return np.full(brain_prob.shape, -1e3, np.float32)
-    distance = ndimage.distance_transform_edt(~brain, sampling=voxel_mm)
-    return (margin_mm - distance).astype(np.float32)
+        return np.full(brain_prob.shape, 1e3, np.float32)
+    return ndimage.distance_transform_edt(~brain, sampling=voxel_mm).astype(np.float32)
 
 
 def largest_region_in_box(mask: np.ndarray, box) -> np.ndarray:

@@ -25,8 +25,10 @@ def defacer():
 
 
 def _labels(name):
-    return {k: np.asarray(nib.load(LABELS / f"{name}_{k}.nii.gz").dataobj).astype(bool)
-            for k in ("face", "brain")}
+    """The reference face and brain (the deformable brain where it exists, as scored)."""
+    from deepdefacer.train.evaluate import reference_labels
+
+    return {k: v.astype(bool) for k, v in reference_labels(LABELS, name).items()}
 
 
 @needs_data

@@ -40,8 +40,24 @@ def head_region(data: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(ndimage.binary_dilation(head, iterations=2))
 
 
+def reference_labels(labels_dir: Path, name: str) -> dict:
+    """face, brain, landmarks and (where made) the affine-only brain of one head.
+
+    ``brain`` is the deformable (SyN) brain when ``<name>_brainsyn.nii.gz`` exists: it
+    follows the brain's edge, where the affine brain overreaches into the frontal sinus
+    and orbital roof; ``brain_affine`` is then kept for a second, stricter count.
+    """
+    labels = {k: np.asarray(nib.load(labels_dir / f"{name}_{k}.nii.gz").dataobj)
+              for k in ("face", "brain", "landmarks")}
+    deformable = labels_dir / f"{name}_brainsyn.nii.gz"
+    if deformable.exists():
+        labels["brain_affine"] = labels["brain"]
+        labels["brain"] = np.asarray(nib.load(deformable).dataobj)
+    return labels
+
+
 def score(mask: np.ndarray, data: np.ndarray, face: np.ndarray, brain: np.ndarray,
-          landmarks: np.ndarray) -> dict:
+          landmarks: np.ndarray, brain_affine: np.ndarray | None = None) -> dict:
     head = head_region(data)
     face_ref = face.astype(bool) & head
     removed = mask.astype(bool)
@@ -50,7 +66,10 @@ def score(mask: np.ndarray, data: np.ndarray, face: np.ndarray, brain: np.ndarra
         "brain_removed_voxels": int((removed & brain.astype(bool)).sum()),
         "dice": dice(removed & head, face_ref),
         "face_voxels": int(face_ref.sum()),
+        "brain_reference": "affine" if brain_affine is None else "deformable",
     }
+    if brain_affine is not None:
+        result["brain_removed_voxels_affine"] = int((removed & brain_affine.astype(bool)).sum())
     for value, name in enumerate(LANDMARK_NAMES, start=1):
         spot = landmarks == value
         if spot.sum() < 5:  # outside the field of view
@@ -66,8 +85,7 @@ def evaluate_head(path: Path, labels_dir: Path, defacer) -> dict:
     img = nib.load(path)
     img.get_fdata()  # read and cache before timing: timing is the method, not gunzip
     name = label_name(path)
-    labels = {k: np.asarray(nib.load(labels_dir / f"{name}_{k}.nii.gz").dataobj)
-              for k in ("face", "brain", "landmarks")}
+    labels = reference_labels(labels_dir, name)
     tracemalloc.start()
     start = time.perf_counter()
     _, mask_img = deface(img, defacer)
@@ -77,7 +95,7 @@ def evaluate_head(path: Path, labels_dir: Path, defacer) -> dict:
     mask = np.asarray(mask_img.dataobj).astype(bool)
     result = {"head": name, "seconds": round(seconds, 2), "peak_numpy_mb": round(peak_mb, 1)}
     result.update(score(mask, img.get_fdata(dtype=np.float32), labels["face"], labels["brain"],
-                        labels["landmarks"]))
+                        labels["landmarks"], labels.get("brain_affine")))
     return result
 
 
@@ -136,6 +154,46 @@ def rotation_consistency(img, defacer, degrees=(-15, -10, -5, 5, 10, 15)) -> dic
     return scores
 
 
+def summarise(rows: list[dict]) -> dict:
+    if not rows:
+        return {}
+    worst = min(rows, key=lambda r: r["face_removed"])
+    return {
+        "heads": len(rows), "passed": sum(r["pass"] for r in rows),
+        "worst_face_removed": {"head": worst["head"], "value": worst["face_removed"]},
+        "max_brain_removed_voxels": max(r["brain_removed_voxels"] for r in rows),
+        "heads_with_brain_removed": sum(r["brain_removed_voxels"] > 0 for r in rows),
+        "heads_with_affine_brain_removed": sum(r.get("brain_removed_voxels_affine", 0) > 0 for r in rows),
+        "landmarks_missed": sum(1 for r in rows for n in LANDMARK_NAMES if r[n] is False),
+        "median_face_removed": float(np.median([r["face_removed"] for r in rows])),
+        "median_dice": float(np.median([r["dice"] for r in rows])),
+        "median_seconds": float(np.median([r["seconds"] for r in rows])),
+    }
+
+
+def write_card(defacer, rows: list[dict], consistency: dict, command: str) -> None:
+    """Record the decision parameters and the metrics in the model's card (its .json)."""
+    card_path = defacer.path.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card["thresholds"] = {"face": defacer.face_threshold, "brain": defacer.brain_threshold,
+                          "brain_margin_mm": defacer.brain_margin_mm,
+                          "face_dilate_mm": defacer.face_dilate_mm,
+                          "growth_margin_mm": defacer.growth_margin_mm}
+    keep = ("head", "face_removed", "brain_removed_voxels", "brain_removed_voxels_affine",
+            "brain_reference", "dice", *LANDMARK_NAMES, "seconds")
+    card["metrics"] = {
+        "command": command,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **{set_name: summarise([r for r in rows if r["set"] == set_name])
+           for set_name in dict.fromkeys(r["set"] for r in rows)},
+        "per_head": [{k: r[k] for k in keep if k in r} | {"set": r["set"]} for r in rows],
+    }
+    if consistency:
+        card["metrics"]["consistency"] = {k: consistency[k] for k in ("axis_orders_min_dice",
+                                                                      "rotations_min_dice")}
+    card_path.write_text(json.dumps(card, indent=2, default=float) + "\n")
+
+
 def main(argv=None) -> int:
     from deepdefacer.model import load_defacer
 
@@ -147,15 +205,20 @@ def main(argv=None) -> int:
     parser.add_argument("--consistency", action="store_true", help="48 axis orders and rotations")
     parser.add_argument("--face-threshold", type=float, help="override the model card's")
     parser.add_argument("--brain-margin-mm", type=float, help="override the model card's")
+    parser.add_argument("--face-dilate-mm", type=float, help="override the model card's")
+    parser.add_argument("--brain-threshold", type=float, help="override the model card's")
+    parser.add_argument("--growth-margin-mm", type=float, help="override the model card's")
+    parser.add_argument("--write-card", action="store_true",
+                        help="store the decision parameters used and these metrics in the model card")
     args = parser.parse_args(argv)
     defacer = load_defacer("cpu", args.model)
-    if args.face_threshold is not None:
-        defacer.face_threshold = args.face_threshold
-    if args.brain_margin_mm is not None:
-        defacer.brain_margin_mm = args.brain_margin_mm
+    for name in ("face_threshold", "brain_margin_mm", "face_dilate_mm", "brain_threshold",
+                 "growth_margin_mm"):
+        if getattr(args, name) is not None:
+            setattr(defacer, name, getattr(args, name))
     parts = split()
     rows = []
-    print("set\thead\tface_removed\teyes\tnose\tmouth\tbrain_removed\tdice\tseconds\tpass")
+    print("set\thead\tface_removed\teyes\tnose\tmouth\tbrain_removed\t(affine brain)\tdice\tseconds\tpass")
     for set_name in args.sets:
         for path in parts[set_name]:
             if not (args.labels / f"{label_name(path)}_face.nii.gz").exists():
@@ -167,19 +230,11 @@ def main(argv=None) -> int:
             rows.append(row)
             eyes = row["eye_left"] and row["eye_right"] if None not in (row["eye_left"], row["eye_right"]) else None
             print(f"{set_name}\t{row['head']}\t{row['face_removed']:.3f}\t{eyes}\t{row['nose']}\t"
-                  f"{row['mouth']}\t{row['brain_removed_voxels']}\t{row['dice']:.3f}\t"
+                  f"{row['mouth']}\t{row['brain_removed_voxels']}\t{row.get('brain_removed_voxels_affine', '-')}\t"
+                  f"{row['dice']:.3f}\t"
                   f"{row['seconds']:.2f}\t{row['pass']}", flush=True)
-    summary = {}
-    if rows:
-        worst = min(rows, key=lambda r: r["face_removed"])
-        summary = {
-            "heads": len(rows), "passed": sum(r["pass"] for r in rows),
-            "worst_face_removed": {"head": worst["head"], "value": worst["face_removed"]},
-            "max_brain_removed_voxels": max(r["brain_removed_voxels"] for r in rows),
-            "median_face_removed": float(np.median([r["face_removed"] for r in rows])),
-            "median_dice": float(np.median([r["dice"] for r in rows])),
-            "median_seconds": float(np.median([r["seconds"] for r in rows])),
-        }
+    summary = summarise(rows)
+    if summary:
         print(json.dumps(summary, indent=2))
     consistency = {}
     if args.consistency:
@@ -190,6 +245,9 @@ def main(argv=None) -> int:
                        "axis_orders": orient, "rotations": rot}
         print(f"48 axis orders: min Dice {min(orient.values()):.4f}; "
               f"rotations +-15 deg: min Dice {min(rot.values()):.4f}")
+    if args.write_card:
+        write_card(defacer, rows, consistency, " ".join(["python -m deepdefacer.train.evaluate"]
+                                                         + list(argv if argv is not None else sys.argv[1:])))
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "summary": summary, "consistency": consistency},
                                         indent=2, default=float))

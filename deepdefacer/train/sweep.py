@@ -20,7 +20,7 @@ import numpy as np
 from deepdefacer.conform import plausible_affine
 from deepdefacer.pipeline import face_mask, image_data, predict
 from deepdefacer.train.data import split
-from deepdefacer.train.evaluate import LANDMARK_NAMES, passes, score
+from deepdefacer.train.evaluate import LANDMARK_NAMES, passes, reference_labels, score
 from deepdefacer.train.labels import label_name
 
 
@@ -39,11 +39,12 @@ def main(argv=None) -> int:
     parser.add_argument("--face-dilate-mm", type=floats, default=[0.0, 3.0, 6.0])
     parser.add_argument("--brain-margin-mm", type=floats, default=[4.0, 6.0])
     parser.add_argument("--brain-threshold", type=floats, default=[0.3])
+    parser.add_argument("--growth-margin-mm", type=floats, default=[12.0])
     parser.add_argument("--json", type=Path, help="write every score here")
     args = parser.parse_args(argv)
     defacer = load_defacer("cpu", args.model)
     combos = list(itertools.product(args.face_threshold, args.face_dilate_mm,
-                                    args.brain_margin_mm, args.brain_threshold))
+                                    args.brain_margin_mm, args.brain_threshold, args.growth_margin_mm))
     results = {c: [] for c in combos}
     parts = split()
     for set_name in args.sets:
@@ -55,24 +56,24 @@ def main(argv=None) -> int:
             _, data = image_data(img)
             affine, _ = plausible_affine(data, img.affine)
             pred = predict(data, affine, defacer)
-            labels = {k: np.asarray(nib.load(args.labels / f"{name}_{k}.nii.gz").dataobj)
-                      for k in ("face", "brain", "landmarks")}
+            labels = reference_labels(args.labels, name)
             for combo in combos:
-                threshold, dilate, margin, brain_threshold = combo
-                mask = face_mask(pred, threshold, brain_threshold, margin, dilate)
-                row = score(mask, data, labels["face"], labels["brain"], labels["landmarks"])
+                threshold, dilate, margin, brain_threshold, growth_margin = combo
+                mask = face_mask(pred, threshold, brain_threshold, margin, dilate, growth_margin)
+                row = score(mask, data, labels["face"], labels["brain"], labels["landmarks"],
+                            labels.get("brain_affine"))
                 row.update(head=name, set=set_name)
                 row["pass"] = passes(row)
                 results[combo].append(row)
             print(f"{set_name} {name}: " + " ".join(
                 f"{int(r['pass'])}" for r in (results[c][-1] for c in combos)), flush=True)
-    print("face_t\tgrow_mm\tmargin_mm\tbrain_t\tpassed\tworst_face\tmedian_face\tmax_brain\t"
+    print("face_t\tgrow_mm\tmargin_mm\tbrain_t\tgrowth_margin_mm\tpassed\tworst_face\tmedian_face\tmax_brain\t"
           "heads_with_brain\tlandmark_misses")
     for combo, rows in results.items():
         if not rows:
             continue
         misses = sum(1 for r in rows for n in LANDMARK_NAMES if r[n] is False)
-        print(f"{combo[0]}\t{combo[1]}\t{combo[2]}\t{combo[3]}\t{sum(r['pass'] for r in rows)}/{len(rows)}\t"
+        print(f"{combo[0]}\t{combo[1]}\t{combo[2]}\t{combo[3]}\t{combo[4]}\t{sum(r['pass'] for r in rows)}/{len(rows)}\t"
               f"{min(r['face_removed'] for r in rows):.3f}\t"
               f"{np.median([r['face_removed'] for r in rows]):.3f}\t"
               f"{max(r['brain_removed_voxels'] for r in rows)}\t"
