@@ -18,7 +18,7 @@ import numpy as np
 
 from deepdefacer.conform import GridPlan
 
-DEFAULT_MODEL = "deepdefacer_unet_v1"
+DEFAULT_MODEL = "deepdefacer_unet_v2"
 
 
 def shipped_model_path(name: str = DEFAULT_MODEL) -> Path:
@@ -72,6 +72,14 @@ class Defacer:
     @property
     def model_name(self) -> str:
         return self.path.name
+
+    @property
+    def decision(self) -> dict:
+        """The post-processing parameters (recorded in every output's provenance)."""
+        return {"FaceThreshold": self.face_threshold, "FaceGrowthMM": self.face_dilate_mm,
+                "BrainThreshold": self.brain_threshold, "BrainMarginMM": self.brain_margin_mm,
+                "GrowthBrainMarginMM": (self.brain_margin_mm if self.growth_margin_mm is None
+                                        else self.growth_margin_mm)}
 
     @property
     def model_sha256(self) -> str:

@@ -54,15 +54,8 @@ def test_header_dtype_scaling_kept_and_outside_voxels_bit_identical(tmp_path, de
     assert np.all(back.get_fdata()[mask] == 0)
 
 
-# The guard is only as good as the predicted brain: on these two heads model v1's brain
-# misses 4-9% of the reference brain (issue 2), which a hostile face map then removes.
-_GUARD_BELOW_ACCEPTANCE = pytest.mark.xfail(strict=True, reason="issue 2: model v1 brain too small")
-
-
 @needs_data
-@pytest.mark.parametrize("name", ["t1w_head_ext2",
-                                  pytest.param("colin27_t1w_1mm", marks=_GUARD_BELOW_ACCEPTANCE),
-                                  pytest.param("chris_t1w", marks=_GUARD_BELOW_ACCEPTANCE)])
+@pytest.mark.parametrize("name", ["t1w_head_ext2", "colin27_t1w_1mm", "chris_t1w"])
 def test_brain_guard_holds_even_when_the_face_prediction_covers_everything(defacer, name):
     """A hostile face map (1 everywhere) removes nothing within the margin of the predicted
     brain, and keeps at least 99% of the reference brain (the model's brain is the guard)."""
