@@ -137,6 +137,8 @@ def test_sidecars_carry_sources_metadata_and_provenance(relpath, dataset, deriva
     provenance = sidecar["Deepdefacer"]
     assert provenance["Model"] == defacer.model_name
     assert provenance["ModelSHA256"] == defacer.model_sha256
+    assert provenance["Decision"]["FaceGrowthMM"] == defacer.face_dilate_mm
+    assert provenance["Decision"]["BrainMarginMM"] == defacer.brain_margin_mm
     assert provenance["InputSHA256"] == io.sha256_file(dataset / relpath)
     assert provenance["Device"] == str(defacer.device)
     assert provenance["Seconds"] > 0
@@ -209,6 +211,18 @@ def test_rerun_skips_up_to_date_scans_and_overwrite_redoes_them(dataset, derivat
     assert "3 scan(s): 3 defaced, 0 already up to date, 0 failed" in capsys.readouterr().err
     assert image.stat().st_ino != inode  # a new file renamed into place
     assert_defaced_copy(dataset / SCANS[0], image, derivatives / derivative_paths(SCANS[0])[2])
+
+
+def test_output_made_with_other_thresholds_is_redone(dataset, derivatives, capsys):
+    # Same model file, other decision thresholds (another model card): not up to date.
+    _, sidecar_path, _ = derivative_paths(SCANS[2])
+    sidecar = json.loads((derivatives / sidecar_path).read_text())
+    sidecar["Deepdefacer"]["Decision"]["FaceGrowthMM"] += 1.0
+    (derivatives / sidecar_path).write_text(json.dumps(sidecar))
+    assert main([str(dataset), str(derivatives), "participant", "--skip-bids-validation",
+                 "--device", "cpu", "--skip-qc", "--participant-label", "01",
+                 "--session-label", "2"]) == 0
+    assert "1 scan(s): 1 defaced, 0 already up to date" in capsys.readouterr().err
 
 
 def test_changed_input_is_redone(dataset, derivatives, tmp_path, capsys):

@@ -127,10 +127,13 @@ def source_uri(scan_relpath: str, layout: str) -> str:
 
 
 def provenance_key(model_sha256: str, input_sha256: dict, mask_source: str,
-                   mask_source_sha256: str) -> dict:
-    """What must match for an output to count as done."""
-    return {"ModelSHA256": model_sha256, "InputSHA256": input_sha256,
-            "MaskSource": mask_source, "MaskSourceSHA256": mask_source_sha256}
+                   mask_source_sha256: str, decision: dict | None = None) -> dict:
+    """What must match for an output to count as done (same model, thresholds, inputs)."""
+    key = {"ModelSHA256": model_sha256, "InputSHA256": input_sha256,
+           "MaskSource": mask_source, "MaskSourceSHA256": mask_source_sha256}
+    if decision is not None:
+        key["Decision"] = decision
+    return key
 
 
 def image_sidecar(scan: Scan, mask_relpath: str, provenance: dict) -> dict:

@@ -97,7 +97,7 @@ def process_job(job: Job, settings: Settings, defacer=None) -> JobResult:
         mask_source = outputs.source_uri(reference.relpath, settings.layout)
         expected = {scan.relpath: outputs.provenance_key(
             defacer.model_sha256, input_sha256.get(scan.relpath), mask_source,
-            input_sha256[reference.relpath]) for scan in job.scans}
+            input_sha256[reference.relpath], defacer.decision) for scan in job.scans}
         if not settings.overwrite and outputs.is_up_to_date(planned, settings.layout, expected):
             result.scans = [ScanResult(scan.relpath, SKIPPED, "up to date") for scan in job.scans]
             return result
@@ -119,6 +119,7 @@ def process_job(job: Job, settings: Settings, defacer=None) -> JobResult:
             "Version": outputs.deepdefacer_version(),
             "Model": defacer.model_name,
             "ModelSHA256": defacer.model_sha256,
+            "Decision": defacer.decision,
             "InputSHA256": relpath_sha256,
             "MaskSource": mask_source,
             "MaskSourceSHA256": input_sha256[reference.relpath],
