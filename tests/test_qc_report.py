@@ -44,6 +44,7 @@ def qc_output(tmp_path_factory):
 
     deep_defaced, deep_mask = slab_deface(head, depth_mm=90.0, above_tip_mm=120.0)
     results["brain_cut"] = qc_scan(head, deep_defaced, deep_mask, out, "sub-03_T1w")
+
     return out, results
 
 
@@ -72,6 +73,20 @@ def test_a_scan_with_the_face_left_is_flagged_with_the_reason(qc_output):
     assert left["verdict"] == "flag"
     assert any(flag.startswith("face still present") for flag in left["flags"])
     assert any("removes nothing" in flag for flag in left["flags"])
+
+
+def test_a_defacing_that_keeps_the_nose_tip_is_flagged(qc_output, tmp_path):
+    """The face cut 12-35 mm behind the nose tip: the front 12 mm (the tip) is left."""
+    head = nib.load(HEADS / "t1w_head_ext2.nii.gz")
+    data = np.asarray(head.dataobj)
+    removed = np.asarray(slab_deface(head)[1].dataobj).astype(bool)
+    removed &= ~np.asarray(slab_deface(head, depth_mm=12.0)[1].dataobj).astype(bool)
+    defaced = nib.Nifti1Image(np.where(removed, 0, data), head.affine)
+    left = qc_scan(head, defaced, nib.Nifti1Image(removed.astype(np.uint8), head.affine), tmp_path, "tip")
+    assert left["verdict"] == "flag", left
+    assert any("frontmost point" in flag for flag in left["flags"]), left["flags"]
+    good = qc_output[1]["good"]
+    assert not any("frontmost point" in flag for flag in good["flags"])
 
 
 def test_a_mask_into_the_brain_is_flagged(qc_output):

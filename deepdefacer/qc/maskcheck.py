@@ -29,6 +29,28 @@ BRAIN_REMOVED_MAX_ML = 1.0
 REMOVED_FRACTION_RANGE = (0.005, 0.30)
 
 
+FRONTMOST_REACH_MM = 5.0
+
+
+def frontmost_left(head: np.ndarray, removed: np.ndarray, voxel_mm: float, scale: float = 1.0) -> bool:
+    """True when nothing is removed within FRONTMOST_REACH_MM (standard-head mm) of any of
+    the head's frontmost voxels (the last two coronal layers; axis 1 runs to anterior).
+
+    Every frontmost voxel counts, not one: a head cut by the field of view at the front
+    has a whole layer at the edge, and a mask touching any of it is not flagged.
+    """
+    front_y = np.flatnonzero(head.any(axis=(0, 2)))
+    if front_y.size == 0:
+        return False
+    y_max = int(front_y[-1])
+    reach = max(1, int(np.ceil(FRONTMOST_REACH_MM * scale / voxel_mm)))
+    low = max(y_max - 1 - reach, 0)
+    near = ndimage.maximum_filter(removed[:, low:, :].astype(np.uint8), size=2 * reach + 1) > 0
+    front = head[:, low:, :].copy()
+    front[:, : max(y_max - 1 - low, 0), :] = False
+    return not near[front].any()
+
+
 def check_mask(head: np.ndarray, removed: np.ndarray, voxel_mm: float, original_face: FaceEvidence) -> dict:
     """Mask plausibility and brain check on the QC grid (RAS, isotropic).
 
@@ -67,6 +89,12 @@ def check_mask(head: np.ndarray, removed: np.ndarray, voxel_mm: float, original_
         if behind > 0.10:
             flags.append(f"{100 * behind:.0f}% of the removed region lies behind the head's centre "
                          "(a face mask lies in front)")
+
+    if original_face.face_present and removed_head.any() and frontmost_left(head, removed, voxel_mm, scale):
+        # The frontmost point of a head with a face is the nose tip (or the chin): a defacing
+        # that keeps it has left part of the face, even when no nose ridge is left to see.
+        flags.append(f"the head's frontmost point (nose tip or chin) is left in place: nothing removed "
+                     f"within {FRONTMOST_REACH_MM:.0f} mm of it")
 
     if original_face.face_present and removed_head.any():
         brain_removed = _removed_in_brain_zone(head, removed_head, voxel_mm, scale, original_face)
