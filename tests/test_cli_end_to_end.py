@@ -76,13 +76,6 @@ def assert_validates(folder: Path):
 
 
 @pytest.fixture(scope="module")
-def defacer():
-    from deepdefacer.model import load_defacer
-
-    return load_defacer(device="cpu")
-
-
-@pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     folder = copy_read_only(DEMO, tmp_path_factory.mktemp("input") / "ds-demo")
     before = checksums(folder)

@@ -17,13 +17,6 @@ LABELS = REPO / "labels"
 needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data not found at {SHARED}")
 
 
-@pytest.fixture(scope="module")
-def defacer():
-    from deepdefacer.model import load_defacer
-
-    return load_defacer("cpu")
-
-
 def _labels(name):
     """The reference face and brain (the deformable brain where it exists, as scored)."""
     from deepdefacer.train.evaluate import reference_labels

@@ -18,13 +18,6 @@ LABELS = REPO / "labels"
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data not found at {SHARED}")
 
 
-@pytest.fixture(scope="module")
-def defacer():
-    from deepdefacer.model import load_defacer
-
-    return load_defacer("cpu")
-
-
 # Model v2 does not yet meet the acceptance of issue 2 on these heads (docs/model.md has the
 # numbers): recorded as strict expected failures, so the suite turns red the day one of them
 # starts passing and the list must be updated.
