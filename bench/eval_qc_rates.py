@@ -13,6 +13,10 @@ when asked. Defaced versions of each original come from:
 A defaced head whose mask missed the head's frontmost point (the nose tip on
 every head here) is reported apart: the defacer failed there (pydeface's
 registration does on the 64^3 volumes), so a face found on it is right.
+
+Every defaced head is judged twice: by `check_image` on the defaced file alone
+(`deepdefacer-check`), and by the participant QC's verdict, which also looks at the
+defaced scan at the original's head threshold (`participant.defaced_face_evidence`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from qc_helpers import DATA, head_paths, reorient, slab_deface  # noqa: E402
 
 from deepdefacer.qc.facecheck import check_image  # noqa: E402
+from deepdefacer.qc.participant import defaced_face_evidence  # noqa: E402
 
 ORIENTATIONS = {"": None, "_psr": ((1, 2, 0), (0, 1, 0)), "_ilp": ((2, 0, 1), (1, 0, 1))}
 
@@ -132,10 +137,13 @@ def main(argv=None) -> int:
             fraction = float(np.mean(np.asanyarray(mask.dataobj) > 0))
             kind = "defacing_failed" if defacing_failed(img, mask) else "defaced"
             found = check_image(defaced)
+            participant = defaced_face_evidence(img, defaced)
             rows.append({"set": set_name, "scan": name, "kind": kind, "defacer": defacer,
-                         "face": found.face_present, "reason": found.reason, "removed_fraction": round(fraction, 4)})
+                         "face": found.face_present, "reason": found.reason,
+                         "face_participant": participant.face_present, "reason_participant": participant.reason,
+                         "removed_fraction": round(fraction, 4)})
             print(f"{set_name:8s} {name:34s} {defacer + ' ' + kind:15s} {'FACE' if found.face_present else 'none'}  "
-                  f"{found.reason}", flush=True)
+                  f"participant {'FACE' if participant.face_present else 'none'}  {found.reason}", flush=True)
 
     print("\nsummary")
     summary = {}
@@ -146,15 +154,20 @@ def main(argv=None) -> int:
             defaced = [r for r in rows if r["set"] == set_name and r["defacer"] == defacer and r["kind"] == "defaced"]
             failed = [r for r in rows if r["set"] == set_name and r["defacer"] == defacer
                       and r["kind"] == "defacing_failed"]
-            line[defacer] = {"false_alarms": sum(r["face"] for r in defaced), "defaced": len(defaced),
-                             "defacing_failed": len(failed)}
+            line[defacer] = {"false_alarms": sum(r["face"] for r in defaced),
+                             "false_alarms_participant": sum(r["face_participant"] for r in defaced),
+                             "defaced": len(defaced), "defacing_failed": len(failed),
+                             "failed_flagged": sum(r["face"] for r in failed),
+                             "failed_flagged_participant": sum(r["face_participant"] for r in failed)}
         summary[set_name] = line
         text = f"{set_name:8s} hits {line['hits']}/{line['originals']}"
         for defacer in args.defacers:
             part = line[defacer]
             if part["defaced"] or part["defacing_failed"]:
                 text += (f"; {defacer}: false alarms {part['false_alarms']}/{part['defaced']}"
-                         f" ({part['defacing_failed']} failed defacings left out)")
+                         f" (participant QC {part['false_alarms_participant']}/{part['defaced']});"
+                         f" {part['defacing_failed']} failed defacings left out, flagged"
+                         f" {part['failed_flagged']} (participant QC {part['failed_flagged_participant']})")
         print(text)
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "rows": rows}, indent=2) + "\n")

@@ -176,3 +176,21 @@ def test_group_level_command_gates_on_flags_with_exit_code_4(qc_output):
     bids = Path(__file__).resolve().parents[1] / "examples" / "ds-demo"
     assert main([str(bids), str(out), "group", "--skip-bids-validation"]) == 0
     assert main([str(bids), str(out), "group", "--skip-bids-validation", "--fail-on-flag"]) == EXIT_QC_FLAGGED
+
+
+def test_face_left_on_a_rescaled_output_is_flagged(tmp_path):
+    """A 'defaced' file written with another intensity scale (here 5% of the original,
+    as a defacer that renormalises would) with only the neck removed. At the original's
+    head threshold almost nothing is head, so that view alone saw no face; the view at the
+    defaced file's own threshold (what anyone rendering the shared file sees) does."""
+    head = nib.load(HEADS / "colin27_t1w_2mm.nii")
+    data = np.asanyarray(head.dataobj).astype(np.float32)
+    mask = np.zeros(head.shape, np.uint8)
+    mask[:, :, : head.shape[2] // 8] = 1  # the bottom slab only: the face stays
+    scaled = np.where(mask > 0, 0, data * 0.05).astype(np.float32)
+    defaced = nib.Nifti1Image(scaled, head.affine)
+    verdict = qc_scan(head, defaced, nib.Nifti1Image(mask, head.affine), tmp_path, "sub-04_T1w")
+    assert verdict["face_after_own_threshold"]["face_present"]
+    assert verdict["face_after"]["face_present"]
+    assert any(flag.startswith("face still present") for flag in verdict["flags"]), verdict["flags"]
+    assert "own head threshold" in verdict["face_after"]["reason"]

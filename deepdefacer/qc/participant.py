@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from deepdefacer.qc import render
-from deepdefacer.qc.facecheck import face_evidence
+from deepdefacer.qc.facecheck import FaceEvidence, face_evidence
 from deepdefacer.qc.maskcheck import check_mask
 from deepdefacer.qc.volume import mask_on_grid, ras_volume
 
@@ -49,7 +49,7 @@ def qc_scan(original_img, defaced_img, mask_img, out_dir, stem: str, source: str
     depth = {(when, view): render.depth_map(volume, view)
              for when, volume in (("before", original), ("after", defaced)) for view in render.VIEWS}
     face_before = face_evidence(depth["before", "front"], original.voxel_mm)
-    face_after = face_evidence(depth["after", "front"], original.voxel_mm)
+    face_after, face_after_own = face_left(defaced_img, depth["after", "front"], original)
     mask_result = check_mask(original.head, removed, original.voxel_mm, face_before)
 
     flags = []
@@ -73,6 +73,7 @@ def qc_scan(original_img, defaced_img, mask_img, out_dir, stem: str, source: str
         "flags": flags,
         "notes": notes,
         "face_after": face_after.to_dict(),
+        "face_after_own_threshold": face_after_own.to_dict(),
         "face_before": face_before.to_dict(),
         "mask": mask_result,
         "qc_voxel_mm": round(original.voxel_mm, 3),
@@ -84,6 +85,34 @@ def qc_scan(original_img, defaced_img, mask_img, out_dir, stem: str, source: str
     partial.write_text(json.dumps(result, indent=2) + "\n")
     partial.replace(verdict_path)
     return result
+
+
+def face_left(defaced_img, front_depth_same_threshold, original) -> tuple[FaceEvidence, FaceEvidence]:
+    """Is a face left on the defaced scan? Judged on two surfaces, and a face on either counts.
+
+    The surface at the original's head threshold shows the defaced scan exactly as the
+    "before" render showed the original, so the two differ only by the mask. The surface at
+    the defaced scan's own threshold is what `deepdefacer-check` (and anyone rendering the
+    shared file) sees: removing the face changes the histogram, so the threshold moves, and
+    a remnant can stand out on either surface alone (measured on NiChart defacings, see
+    docs/qc.md). Returns (the evidence reported, the own-threshold evidence); the first is
+    the original-threshold view unless only the own-threshold view shows a face.
+    """
+    same = face_evidence(front_depth_same_threshold, original.voxel_mm)
+    own_volume = _same_shape(ras_volume(defaced_img, voxel_mm=original.voxel_mm), original.intensity.shape)
+    own = face_evidence(render.depth_map(own_volume, "front"), original.voxel_mm)
+    if own.face_present and not same.face_present:
+        own.reason += " (on the defaced scan's own head threshold)"
+        return own, own
+    return same, own
+
+
+def defaced_face_evidence(original_img, defaced_img) -> FaceEvidence:
+    """The participant QC's face verdict on a defaced scan, without rendering figures."""
+    original = ras_volume(original_img)
+    defaced = _same_shape(ras_volume(defaced_img, voxel_mm=original.voxel_mm, threshold=original.threshold),
+                          original.intensity.shape)
+    return face_left(defaced_img, render.depth_map(defaced, "front"), original)[0]
 
 
 def _same_shape(volume, shape):
