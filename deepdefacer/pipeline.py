@@ -205,6 +205,13 @@ def apply_mask(img, raw: np.ndarray, mask: np.ndarray):
         out.header.set_slope_inter(img.dataobj.slope, img.dataobj.inter)
     out.set_qform(*img.get_qform(coded=True))
     out.set_sform(*img.get_sform(coded=True))
+    if (hasattr(img.dataobj, "slope") and (img.dataobj.slope, img.dataobj.inter) != (1.0, 0.0)
+            and hasattr(out, "to_bytes")):
+        # An array image reads its array as it is: scl_slope/scl_inter are applied only when
+        # a file is read. Serialise once so the returned image reads back the input's
+        # intensities in memory (get_fdata, dataobj) as it will from the saved file; the
+        # bytes written by nib.save are the same either way.
+        out = out.__class__.from_bytes(out.to_bytes())
     return out
 
 

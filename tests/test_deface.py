@@ -25,6 +25,22 @@ def _labels(name):
 
 
 @needs_data
+def test_scaled_input_reads_back_the_same_intensities_in_memory(defacer):
+    """A uint8 FLAIR stored with scl_slope 3.43: the returned image, before any save, reads the
+    input's scaled intensities outside the mask (an array image would read raw uint8 values)."""
+    img = nib.load(SHARED / "nichart" / "Subj8_FL.nii.gz")
+    assert img.dataobj.slope != 1.0
+    defaced, mask_img = deface(img, defacer)
+    mask = np.asarray(mask_img.dataobj).astype(bool)
+    original, result = img.get_fdata(), defaced.get_fdata()
+    assert mask.any()
+    assert np.array_equal(result[~mask], original[~mask])
+    assert np.all(result[mask] == 0)
+    assert np.array_equal(np.asarray(defaced.dataobj.get_unscaled())[~mask],
+                          np.asarray(img.dataobj.get_unscaled())[~mask])
+
+
+@needs_data
 @pytest.mark.parametrize("name", ["colin27_t1w_2mm.nii", "ixi002_t2_6mm.nii.gz", "t1w_mni_2mm.nii.gz"])
 def test_header_dtype_scaling_kept_and_outside_voxels_bit_identical(tmp_path, defacer, name):
     source = SHARED / "heads" / name
