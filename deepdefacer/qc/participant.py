@@ -94,8 +94,8 @@ def face_left(defaced_img, front_depth_same_threshold, original) -> tuple[FaceEv
     "before" render showed the original, so the two differ only by the mask. The surface at
     the defaced scan's own threshold is what `deepdefacer-check` (and anyone rendering the
     shared file) sees: removing the face changes the histogram, so the threshold moves, and
-    a remnant can stand out on either surface alone (measured on NiChart defacings, see
-    docs/qc.md). Returns (the evidence reported, the own-threshold evidence); the first is
+    a remnant can stand out on one surface only (NiChart's `Subj6_T1` nasal bridge shows on
+    its own-threshold surface alone, docs/qc.md). Returns (the evidence reported, the own-threshold evidence); the first is
     the original-threshold view unless only the own-threshold view shows a face.
     """
     same = face_evidence(front_depth_same_threshold, original.voxel_mm)
