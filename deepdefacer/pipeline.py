@@ -5,6 +5,8 @@ conform -> predict -> back to the input grid -> clean up -> guard the brain -> a
 
 from __future__ import annotations
 
+import io
+
 import logging
 from dataclasses import dataclass
 
@@ -205,14 +207,20 @@ def apply_mask(img, raw: np.ndarray, mask: np.ndarray):
         out.header.set_slope_inter(img.dataobj.slope, img.dataobj.inter)
     out.set_qform(*img.get_qform(coded=True))
     out.set_sform(*img.get_sform(coded=True))
-    if (hasattr(img.dataobj, "slope") and (img.dataobj.slope, img.dataobj.inter) != (1.0, 0.0)
-            and hasattr(out, "to_bytes")):
+    if hasattr(img.dataobj, "slope") and (img.dataobj.slope, img.dataobj.inter) != (1.0, 0.0):
         # An array image reads its array as it is: scl_slope/scl_inter are applied only when
         # a file is read. Serialise once so the returned image reads back the input's
         # intensities in memory (get_fdata, dataobj) as it will from the saved file; the
         # bytes written by nib.save are the same either way.
-        out = out.__class__.from_bytes(out.to_bytes())
+        out = _through_memory_files(out)
     return out
+
+
+def _through_memory_files(img):
+    """``img`` written to and read back from in-memory files (single-file or .hdr/.img pairs)."""
+    file_map = img.make_file_map({kind: io.BytesIO() for kind, _ in img.files_types})
+    img.to_file_map(file_map)
+    return img.__class__.from_file_map(file_map)
 
 
 def mask_image(img, mask: np.ndarray):

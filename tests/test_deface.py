@@ -25,10 +25,17 @@ def _labels(name):
 
 
 @needs_data
-def test_scaled_input_reads_back_the_same_intensities_in_memory(defacer):
+@pytest.mark.parametrize("storage", ["nii", "hdr/img pair"])
+def test_scaled_input_reads_back_the_same_intensities_in_memory(tmp_path, defacer, storage):
     """A uint8 FLAIR stored with scl_slope 3.43: the returned image, before any save, reads the
     input's scaled intensities outside the mask (an array image would read raw uint8 values)."""
     img = nib.load(SHARED / "nichart" / "Subj8_FL.nii.gz")
+    if storage == "hdr/img pair":
+        pair = nib.Nifti1Pair(np.asarray(img.dataobj.get_unscaled()), img.affine, img.header)
+        pair.header.set_slope_inter(img.dataobj.slope, img.dataobj.inter)
+        nib.save(pair, tmp_path / "Subj8_FL.img")
+        img = nib.load(tmp_path / "Subj8_FL.img")
+        assert isinstance(img, nib.Nifti1Pair) and not isinstance(img, nib.Nifti1Image)
     assert img.dataobj.slope != 1.0
     defaced, mask_img = deface(img, defacer)
     mask = np.asarray(mask_img.dataobj).astype(bool)
