@@ -85,3 +85,24 @@ def test_smoke_training_runs_and_exports_a_loadable_model(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout
     assert json.loads((tmp_path / "run" / "state.json").read_text())["epoch"] == 3
+
+
+def test_training_can_target_the_deformable_brain(tmp_path):
+    if not (SHARED.is_dir() and (REPO / "labels").is_dir()):
+        pytest.skip("training data or labels not available")
+    from deepdefacer.train.data import split
+    from deepdefacer.train.train import load_heads
+
+    head_path = split()["validation"][0]  # IXI012: has affine and SyN brains in labels/
+    name = head_path.name.split(".")[0]
+    affine_head, = load_heads([head_path], REPO / "labels", "affine")
+    syn_head, = load_heads([head_path], REPO / "labels", "syn")
+    syn = np.asarray(nib.load(REPO / "labels" / f"{name}_brainsyn.nii.gz").dataobj)
+    np.testing.assert_array_equal(syn_head.brain, syn)
+    np.testing.assert_array_equal(syn_head.face, affine_head.face)
+    assert (syn_head.brain != affine_head.brain).sum() > 1000
+    # A head without a SyN brain is left out of a SyN run, not trained on the affine one.
+    for mask in ("face", "brain"):
+        (tmp_path / f"{name}_{mask}.nii.gz").symlink_to(REPO / "labels" / f"{name}_{mask}.nii.gz")
+    assert len(load_heads([head_path], tmp_path, "affine")) == 1
+    assert load_heads([head_path], tmp_path, "syn") == []

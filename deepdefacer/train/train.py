@@ -29,18 +29,36 @@ from deepdefacer.train.labels import label_name
 REPO = Path(__file__).resolve().parents[2]
 
 
-def load_heads(paths, label_dir: Path) -> list[Head]:
-    heads = []
+BRAIN_LABELS = {"affine": "brain", "syn": "brainsyn"}
+
+
+def label_paths(path: Path, label_dir: Path, brain_label: str = "affine") -> tuple[Path, Path]:
+    """The face label and the brain target of one head (affine or deformable brain)."""
+    name = label_name(path)
+    return label_dir / f"{name}_face.nii.gz", label_dir / f"{name}_{BRAIN_LABELS[brain_label]}.nii.gz"
+
+
+def load_heads(paths, label_dir: Path, brain_label: str = "affine") -> list[Head]:
+    """Heads with both labels; the brain target is the affine brain or the SyN brain.
+
+    The SyN brain (``labels.py --deformable-brain``) follows one person's frontal pole
+    where the affine map of an average brain overreaches into sinus and bone.
+    """
+    heads, missing = [], []
     for path in paths:
         name = label_name(path)
-        face_path, brain_path = label_dir / f"{name}_face.nii.gz", label_dir / f"{name}_brain.nii.gz"
+        face_path, brain_path = label_paths(path, label_dir, brain_label)
         if not (face_path.exists() and brain_path.exists()):
+            missing.append(name)
             continue
         img = nib.load(path)
         heads.append(Head(name=name, image=img.get_fdata(dtype=np.float32),
                           face=np.asarray(nib.load(face_path).dataobj, dtype=np.float32),
                           brain=np.asarray(nib.load(brain_path).dataobj, dtype=np.float32),
                           affine=img.affine))
+    if missing:
+        print(f"skipped {len(missing)} heads without {BRAIN_LABELS[brain_label]} labels: "
+              + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""), flush=True)
     return heads
 
 
@@ -147,6 +165,9 @@ def parse_args(argv=None):
     parser.add_argument("--max-heads", type=int, help="train on the first N labelled heads")
     parser.add_argument("--heads-file", type=Path,
                         help="train on these heads (paths relative to shared/data, one a line)")
+    parser.add_argument("--brain-label", choices=sorted(BRAIN_LABELS), default="affine",
+                        help="brain target: the affine brain label, or the deformable (SyN) one "
+                             "made by `deepdefacer.train.labels --deformable-brain`")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--init-from", type=Path, metavar="KERAS",
                         help="start from this model's weights (same cube and network), e.g. to "
@@ -180,7 +201,8 @@ def main(argv=None) -> int:
         train_paths = train_paths[:2]
     elif args.max_heads:
         train_paths = train_paths[: args.max_heads]
-    heads = load_heads(train_paths, args.labels)
+    heads = load_heads(train_paths, args.labels, args.brain_label)
+    train_paths = [p for p in train_paths if all(q.exists() for q in label_paths(p, args.labels, args.brain_label))]
     if not heads:
         raise SystemExit(f"no labelled training heads in {args.labels}: run deepdefacer.train.labels")
     print(f"training on {len(heads)} heads, cube {plan.size}^3 at {plan.voxel_mm} mm", flush=True)
@@ -225,7 +247,7 @@ def main(argv=None) -> int:
             "training_minutes": round(minutes, 1),
             "epochs": int(json.loads(state_path.read_text())["epoch"]),
             "steps_per_epoch": args.steps, "batch_size": args.batch_size, "seed": args.seed,
-            "base_filters": args.base_filters,
+            "base_filters": args.base_filters, "brain_label": args.brain_label,
             **({"initialised_from": {"file": args.init_from.name, "sha256": sha256_of(args.init_from)}}
                if args.init_from else {}),
             "final_loss": {k: float(v[-1]) for k, v in history.history.items()} if history.history else {},
