@@ -215,6 +215,51 @@ def save_overlay(head_path: Path, face: np.ndarray, brain: np.ndarray, png_path:
     plt.close(fig)
 
 
+def brain_contact_sheet(head_paths, label_dir: Path, png_path: Path, columns: int = 10) -> int:
+    """One sagittal slice a head, affine brain (yellow) and SyN brain (cyan) outlined.
+
+    The slice is 8 mm off the midline (through the frontal pole, not the falx). Returns
+    the number of heads drawn: those with both brains in ``label_dir``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tiles = []
+    for head_path in head_paths:
+        name = label_name(head_path)
+        affine_path, syn_path = (label_dir / f"{name}_{kind}.nii.gz" for kind in ("brain", "brainsyn"))
+        if not (affine_path.exists() and syn_path.exists()):
+            continue
+        img = nib.load(head_path)
+        ornt = nib.orientations.io_orientation(img.affine)
+        canon = [nib.orientations.apply_orientation(np.asarray(v), ornt)
+                 for v in (img.dataobj, nib.load(affine_path).dataobj, nib.load(syn_path).dataobj)]
+        zooms = np.array(img.header.get_zooms()[:3])[ornt[:, 0].astype(int)]
+        brain = canon[1] > 0
+        x = int(np.clip(np.array(np.nonzero(brain))[0].mean() + 8 / zooms[0], 0, brain.shape[0] - 1)) \
+            if brain.any() else brain.shape[0] // 2
+        tiles.append((name, [np.rot90(v[x].astype(np.float32)) for v in canon], zooms[2] / zooms[1]))
+    if not tiles:
+        return 0
+    rows = -(-len(tiles) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.0 * columns, 2.2 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (name, (sl, affine_brain, syn_brain), aspect) in zip(axes.ravel(), tiles):
+        ax.imshow(sl, cmap="gray", aspect=aspect, vmax=np.percentile(sl, 99.5))
+        for mask, colour in ((affine_brain, "y"), (syn_brain, "c")):
+            if mask.any():
+                ax.contour(mask, [0.5], colors=colour, linewidths=0.6)
+        ax.set_title(name, fontsize=6)
+    fig.suptitle("brain labels: affine (yellow), SyN (cyan)")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=80)
+    plt.close(fig)
+    return len(tiles)
+
+
 def _save_atomic(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
     # Temporary name + rename: a killed run never leaves a truncated label.
     tmp = path.with_name(path.name + ".part.nii.gz")
@@ -235,11 +280,18 @@ def main(argv=None) -> int:
                         help="also label the validation heads in shared/data/heads")
     parser.add_argument("--deformable-brain", action="store_true",
                         help="only write <name>_brainsyn.nii.gz, the deformable brain used for scoring")
+    parser.add_argument("--contact-sheet", type=Path, metavar="PNG",
+                        help="only draw the affine and SyN brains of --sets on one sheet")
     parser.add_argument("--sets", nargs="+", choices=("train", "validation", "heads"),
                         help="label these sets of deepdefacer.train.data.split(), in this order")
     args = parser.parse_args(argv)
     os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
     shard_i, shard_n = (int(v) for v in args.shard.split("/"))
+    if args.contact_sheet:
+        heads = [path for name in (args.sets or ("train",)) for path in split()[name]]
+        drawn = brain_contact_sheet(heads[shard_i::shard_n], args.out, args.contact_sheet)
+        print(f"{args.contact_sheet}: {drawn} heads")
+        return 0
     template = prepare_template(Path("labels_work/template"))
     args.out.mkdir(parents=True, exist_ok=True)
     args.png.mkdir(parents=True, exist_ok=True)
