@@ -87,7 +87,7 @@ def test_smoke_training_runs_and_exports_a_loadable_model(tmp_path):
     assert json.loads((tmp_path / "run" / "state.json").read_text())["epoch"] == 3
 
 
-def test_training_can_target_the_deformable_brain(tmp_path):
+def test_training_can_target_the_deformable_brain_or_the_union(tmp_path):
     if not (SHARED.is_dir() and (REPO / "labels").is_dir()):
         pytest.skip("training data or labels not available")
     from deepdefacer.train.data import split
@@ -101,6 +101,9 @@ def test_training_can_target_the_deformable_brain(tmp_path):
     np.testing.assert_array_equal(syn_head.brain, syn)
     np.testing.assert_array_equal(syn_head.face, affine_head.face)
     assert (syn_head.brain != affine_head.brain).sum() > 1000
+    union_head, = load_heads([head_path], REPO / "labels", "union")
+    np.testing.assert_array_equal(union_head.brain, np.maximum(affine_head.brain, syn_head.brain))
+    assert union_head.brain.sum() > max(affine_head.brain.sum(), syn_head.brain.sum())
     # A head without a SyN brain is left out of a SyN run, not trained on the affine one.
     for mask in ("face", "brain"):
         (tmp_path / f"{name}_{mask}.nii.gz").symlink_to(REPO / "labels" / f"{name}_{mask}.nii.gz")

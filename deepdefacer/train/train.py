@@ -29,35 +29,38 @@ from deepdefacer.train.labels import label_name
 REPO = Path(__file__).resolve().parents[2]
 
 
-BRAIN_LABELS = {"affine": "brain", "syn": "brainsyn"}
+# Brain target -> the brain label files it is made of (their union).
+BRAIN_LABELS = {"affine": ("brain",), "syn": ("brainsyn",), "union": ("brain", "brainsyn")}
 
 
-def label_paths(path: Path, label_dir: Path, brain_label: str = "affine") -> tuple[Path, Path]:
-    """The face label and the brain target of one head (affine or deformable brain)."""
+def label_paths(path: Path, label_dir: Path, brain_label: str = "affine") -> list[Path]:
+    """The face label and the brain label(s) of one head."""
     name = label_name(path)
-    return label_dir / f"{name}_face.nii.gz", label_dir / f"{name}_{BRAIN_LABELS[brain_label]}.nii.gz"
+    return [label_dir / f"{name}_{kind}.nii.gz" for kind in ("face", *BRAIN_LABELS[brain_label])]
 
 
 def load_heads(paths, label_dir: Path, brain_label: str = "affine") -> list[Head]:
-    """Heads with both labels; the brain target is the affine brain or the SyN brain.
+    """Heads with all their labels; the brain target is the affine brain, the SyN brain or both.
 
     The SyN brain (``labels.py --deformable-brain``) follows one person's frontal pole
-    where the affine map of an average brain overreaches into sinus and bone.
+    where the affine map of an average brain overreaches into sinus and bone; their
+    union keeps the affine overreach as a safety margin and adds what only SyN reaches.
     """
     heads, missing = [], []
     for path in paths:
         name = label_name(path)
-        face_path, brain_path = label_paths(path, label_dir, brain_label)
-        if not (face_path.exists() and brain_path.exists()):
+        face_path, *brain_paths = label_paths(path, label_dir, brain_label)
+        if not all(p.exists() for p in (face_path, *brain_paths)):
             missing.append(name)
             continue
         img = nib.load(path)
         heads.append(Head(name=name, image=img.get_fdata(dtype=np.float32),
                           face=np.asarray(nib.load(face_path).dataobj, dtype=np.float32),
-                          brain=np.asarray(nib.load(brain_path).dataobj, dtype=np.float32),
+                          brain=np.max([np.asarray(nib.load(p).dataobj, dtype=np.float32)
+                                        for p in brain_paths], axis=0),
                           affine=img.affine))
     if missing:
-        print(f"skipped {len(missing)} heads without {BRAIN_LABELS[brain_label]} labels: "
+        print(f"skipped {len(missing)} heads without {'/'.join(BRAIN_LABELS[brain_label])} labels: "
               + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""), flush=True)
     return heads
 
@@ -166,8 +169,8 @@ def parse_args(argv=None):
     parser.add_argument("--heads-file", type=Path,
                         help="train on these heads (paths relative to shared/data, one a line)")
     parser.add_argument("--brain-label", choices=sorted(BRAIN_LABELS), default="affine",
-                        help="brain target: the affine brain label, or the deformable (SyN) one "
-                             "made by `deepdefacer.train.labels --deformable-brain`")
+                        help="brain target: the affine brain label, the deformable (SyN) one made "
+                             "by `deepdefacer.train.labels --deformable-brain`, or their union")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--init-from", type=Path, metavar="KERAS",
                         help="start from this model's weights (same cube and network), e.g. to "
