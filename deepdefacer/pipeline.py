@@ -6,7 +6,6 @@ conform -> predict -> back to the input grid -> clean up -> guard the brain -> a
 from __future__ import annotations
 
 import io
-
 import logging
 from dataclasses import dataclass
 

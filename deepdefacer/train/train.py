@@ -205,7 +205,8 @@ def main(argv=None) -> int:
     elif args.max_heads:
         train_paths = train_paths[: args.max_heads]
     heads = load_heads(train_paths, args.labels, args.brain_label)
-    train_paths = [p for p in train_paths if all(q.exists() for q in label_paths(p, args.labels, args.brain_label))]
+    loaded = {head.name for head in heads}  # the card lists only the heads trained on
+    train_paths = [p for p in train_paths if label_name(p) in loaded]
     if not heads:
         raise SystemExit(f"no labelled training heads in {args.labels}: run deepdefacer.train.labels")
     print(f"training on {len(heads)} heads, cube {plan.size}^3 at {plan.voxel_mm} mm", flush=True)
