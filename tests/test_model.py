@@ -109,3 +109,39 @@ def test_training_can_target_the_deformable_brain_or_the_union(tmp_path):
         (tmp_path / f"{name}_{mask}.nii.gz").symlink_to(REPO / "labels" / f"{name}_{mask}.nii.gz")
     assert len(load_heads([head_path], tmp_path, "affine")) == 1
     assert load_heads([head_path], tmp_path, "syn") == []
+
+
+def test_boundary_penalty_targets_face_on_brain_and_brain_missing_at_the_face():
+    if not (SHARED.is_dir() and (REPO / "labels").is_dir()):
+        pytest.skip("training data or labels not available")
+    from scipy import ndimage
+
+    from deepdefacer.conform import GridPlan
+    from deepdefacer.train.augment import sample
+    from deepdefacer.train.data import split
+    from deepdefacer.train.train import boundary_penalty, dice_bce_loss, load_heads, make_loss
+
+    head, = load_heads(split()["validation"][:1], REPO / "labels")
+    _, targets = sample(head, GridPlan(size=48, voxel_mm=5.3333), np.random.default_rng(0), augment=False)
+    binary = (targets > 0.5).astype(np.float32)[None]
+    face, brain = binary[0, ..., 0] > 0, binary[0, ..., 1] > 0
+    assert face.sum() > 100 and brain.sum() > 1000
+    assert float(boundary_penalty(binary, binary)) == pytest.approx(0.0, abs=1e-6)
+    # The face grown onto the brain, or the brain eroded where it meets the face, is penalised.
+    grown = binary.copy()
+    grown[0, ..., 0] = ndimage.binary_dilation(face, iterations=2)
+    eroded = binary.copy()
+    eroded[0, ..., 1] = brain & ~ndimage.binary_dilation(face, iterations=3)
+    assert float(boundary_penalty(binary, grown)) > 0.05
+    assert float(boundary_penalty(binary, eroded)) > 0.05
+    # Face or brain changed far from their border is not.
+    far = binary.copy()
+    cube = np.ones((3, 3, 3), bool)  # the penalty's reach is a cube of voxels
+    far[0, ..., 1] = brain & ndimage.binary_erosion(brain, iterations=1) | (
+        brain & ndimage.binary_dilation(face, cube, iterations=3))
+    assert (far != binary).sum() > 1000
+    assert float(boundary_penalty(binary, far)) == pytest.approx(0.0, abs=1e-6)
+    assert make_loss(0.0) is dice_bce_loss
+    combined = float(make_loss(0.5)(binary, grown))
+    assert combined == pytest.approx(float(dice_bce_loss(binary, grown))
+                                     + 0.5 * float(boundary_penalty(binary, grown)), rel=1e-5)

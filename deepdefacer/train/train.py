@@ -101,6 +101,41 @@ def dice_bce_loss(y_true, y_pred):
     return bce + (1 - dice)
 
 
+def boundary_penalty(y_true, y_pred, reach_voxels: int = 2):
+    """Where a defacer would cut brain: the face/brain border, weighted on its own.
+
+    The border is where face and brain both lie within ``reach_voxels``. Two terms,
+    each a mean over its zone so that the thin border counts as much as the whole
+    cube: face probability on the border's non-face voxels (face creeping onto the
+    brain), and missing brain probability on its brain voxels (the brain guard
+    falling short at the frontal base). Both are 0 for a prediction equal to binary targets.
+    """
+    import keras.ops as ops
+
+    face_t, brain_t = y_true[..., 0:1], y_true[..., 1:2]
+    face_p, brain_p = y_pred[..., 0:1], y_pred[..., 1:2]
+    size = 2 * reach_voxels + 1
+    border = ((ops.max_pool(face_t, size, strides=1, padding="same") > 0.5)
+              & (ops.max_pool(brain_t, size, strides=1, padding="same") > 0.5))
+    near_brain = ops.cast(border & (face_t < 0.5), "float32")
+    near_face = ops.cast(border & (brain_t > 0.5), "float32")
+    axes = (1, 2, 3, 4)
+    creep = ops.sum(face_p * near_brain, axis=axes) / (ops.sum(near_brain, axis=axes) + 1.0)
+    short = ops.sum((1 - brain_p) * near_face, axis=axes) / (ops.sum(near_face, axis=axes) + 1.0)
+    return ops.mean(creep + short)
+
+
+def make_loss(boundary_weight: float = 0.0):
+    """The training loss: Dice + BCE, plus ``boundary_weight`` x ``boundary_penalty``."""
+    if not boundary_weight:
+        return dice_bce_loss
+
+    def dice_bce_boundary_loss(y_true, y_pred):
+        return dice_bce_loss(y_true, y_pred) + boundary_weight * boundary_penalty(y_true, y_pred)
+
+    return dice_bce_boundary_loss
+
+
 def face_dice(y_true, y_pred):
     import keras.ops as ops
 
@@ -171,6 +206,8 @@ def parse_args(argv=None):
     parser.add_argument("--brain-label", choices=sorted(BRAIN_LABELS), default="affine",
                         help="brain target: the affine brain label, the deformable (SyN) one made "
                              "by `deepdefacer.train.labels --deformable-brain`, or their union")
+    parser.add_argument("--boundary-weight", type=float, default=0.0,
+                        help="weight of the face/brain border penalty added to the loss (0: none)")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--init-from", type=Path, metavar="KERAS",
                         help="start from this model's weights (same cube and network), e.g. to "
@@ -215,8 +252,9 @@ def main(argv=None) -> int:
     state_path = args.run_dir / "state.json"
     initial_epoch = 0
     if args.resume and checkpoint.exists():
+        loss = make_loss(args.boundary_weight)
         model = keras.models.load_model(checkpoint, custom_objects={
-            "dice_bce_loss": dice_bce_loss, "face_dice": face_dice})
+            loss.__name__: loss, "face_dice": face_dice})
         initial_epoch = json.loads(state_path.read_text())["epoch"]
         print(f"resumed from {checkpoint} after epoch {initial_epoch}")
     else:
@@ -226,7 +264,7 @@ def main(argv=None) -> int:
         if args.init_from:
             model.set_weights(keras.models.load_model(args.init_from, compile=False).get_weights())
             print(f"initialised from {args.init_from}", flush=True)
-        model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=dice_bce_loss,
+        model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=make_loss(args.boundary_weight),
                       metrics=[face_dice])
     data = make_dataset(heads, plan, args.batch_size, args.steps, args.seed, augment=True)
     start = time.time()
@@ -252,6 +290,7 @@ def main(argv=None) -> int:
             "epochs": int(json.loads(state_path.read_text())["epoch"]),
             "steps_per_epoch": args.steps, "batch_size": args.batch_size, "seed": args.seed,
             "base_filters": args.base_filters, "brain_label": args.brain_label,
+            "boundary_weight": args.boundary_weight,
             **({"initialised_from": {"file": args.init_from.name, "sha256": sha256_of(args.init_from)}}
                if args.init_from else {}),
             "final_loss": {k: float(v[-1]) for k, v in history.history.items()} if history.history else {},
