@@ -145,3 +145,31 @@ def test_boundary_penalty_targets_face_on_brain_and_brain_missing_at_the_face():
     combined = float(make_loss(0.5)(binary, grown))
     assert combined == pytest.approx(float(dice_bce_loss(binary, grown))
                                      + 0.5 * float(boundary_penalty(binary, grown)), rel=1e-5)
+
+
+def test_gpu_experiment_pack_is_a_faithful_4mm_copy_of_the_training_heads(tmp_path):
+    """bench/gpu_more_steps.py carries heads block-averaged to ~4 mm: they must still be the same heads."""
+    if not (SHARED.is_dir() and (REPO / "labels").is_dir()):
+        pytest.skip("training data or labels not available")
+    sys.path.insert(0, str(REPO / "bench"))
+    import gpu_more_steps
+
+    from deepdefacer.train.augment import sample
+    from deepdefacer.train.data import split
+    from deepdefacer.train.train import load_heads
+
+    paths = split()["train"][:1] + [p for p in split()["train"] if p.name.startswith("spm_avg152T2")]
+    (tmp_path / "heads.txt").write_text("\n".join(str(p) for p in paths) + "\n")
+    gpu_more_steps.pack(tmp_path / "heads.npz", tmp_path / "heads.txt", REPO / "labels")
+    packed = gpu_more_steps.load_pack(tmp_path / "heads.npz")
+    original = load_heads(paths, REPO / "labels")
+    assert [h.name for h in packed] == [h.name for h in original]
+    for small, full in zip(packed, original):
+        assert np.allclose(np.abs(np.diag(small.affine)[:3]), 2 * np.abs(np.diag(full.affine)[:3]))
+        x_small, y_small = sample(small, gpu_more_steps.PLAN, np.random.default_rng(0), augment=False)
+        x_full, y_full = sample(full, gpu_more_steps.PLAN, np.random.default_rng(0), augment=False)
+        assert np.corrcoef(x_small.ravel(), x_full.ravel())[0, 1] > 0.9
+        # The brain keeps its volume; the face loses a little where it meets the field of view's
+        # edge (block averaging trims odd edge slices; spm_avg152T2's face is cut by its box).
+        assert y_small[..., 1].sum() == pytest.approx(y_full[..., 1].sum(), rel=0.01)
+        assert 0.75 * y_full[..., 0].sum() < y_small[..., 0].sum() <= 1.01 * y_full[..., 0].sum()
