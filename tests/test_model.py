@@ -134,7 +134,7 @@ def test_boundary_penalty_targets_face_on_brain_and_brain_missing_at_the_face():
     eroded[0, ..., 1] = brain & ~ndimage.binary_dilation(face, iterations=3)
     assert float(boundary_penalty(binary, grown)) > 0.05
     assert float(boundary_penalty(binary, eroded)) > 0.05
-    # Face or brain changed far from their border is not.
+    # The brain eroded away from the face is not.
     far = binary.copy()
     cube = np.ones((3, 3, 3), bool)  # the penalty's reach is a cube of voxels
     far[0, ..., 1] = brain & ndimage.binary_erosion(brain, iterations=1) | (

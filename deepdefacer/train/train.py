@@ -264,8 +264,8 @@ def main(argv=None) -> int:
         if args.init_from:
             model.set_weights(keras.models.load_model(args.init_from, compile=False).get_weights())
             print(f"initialised from {args.init_from}", flush=True)
-        model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=make_loss(args.boundary_weight),
-                      metrics=[face_dice])
+        model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
+                      loss=make_loss(args.boundary_weight), metrics=[face_dice])
     data = make_dataset(heads, plan, args.batch_size, args.steps, args.seed, augment=True)
     start = time.time()
 
