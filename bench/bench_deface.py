@@ -630,7 +630,7 @@ def markdown(report) -> str:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="a .keras model (default: the shipped one)")
+    parser.add_argument("--model", help="a .keras model with its card (.json) beside it (default: the shipped one)")
     parser.add_argument("--heads", nargs="*", default=DEFAULT_HEADS, help="names in ../shared/data/heads")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats for ours (median)")

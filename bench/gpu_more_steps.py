@@ -18,7 +18,8 @@ samples 2 mm scans without averaging; odd edge slices are trimmed, so a face cut
 field of view loses up to ~20% of its label volume, e.g. the SPM templates), so only the
 arms' comparison is meaningful, not their absolute scores against the shipped v2.
 Each arm's weights come back as ``$OUT/<arm>.keras`` without the optimizer's state (6 MB:
-the device returns files of at most 16 MB). The whole call takes ~6 minutes on one H200.
+the device returns files of at most 16 MB), with a card ``$OUT/<arm>.json`` stating v2's grid.
+The whole call takes ~6 minutes on one H200.
 
     python bench/gpu_more_steps.py pack --out .gpu/heads.npz          # here
     KERAS_BACKEND=jax python bench/gpu_more_steps.py train --pack .gpu/heads.npz --out $OUT
@@ -130,6 +131,11 @@ def train_arm(pool, name: str, init: Path, out: Path, steps_per_epoch: int, epoc
                         epochs=epochs, callbacks=[Budget(), plateau], verbose=2)
     # Without the optimizer's state (6 MB, not 18): the device returns files of at most 16 MB.
     _save_without_optimizer(model, out / f"{name}.keras")
+    # The card states the grid: deepdefacer.model refuses a model without one.
+    card = json.loads((REPO / "models" / "deepdefacer_unet_v2.json").read_text())
+    (out / f"{name}.json").write_text(json.dumps({
+        "name": name, "file": f"{name}.keras", "grid": card["grid"], "outputs": card["outputs"],
+        "thresholds": card["thresholds"], "note": "bench/gpu_more_steps.py arm, not a shipped model"}, indent=2))
     result = {"arm": name, "steps": done["steps"], "seconds": round(time.time() - start, 1),
               "steps_per_epoch": steps_per_epoch, "boundary_weight": boundary_weight,
               "final_loss": float(history.history["loss"][-1]),

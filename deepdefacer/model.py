@@ -108,19 +108,36 @@ class Defacer:
         return deface(img, self)
 
 
+def read_card(path: Path) -> dict:
+    """The model card beside a ``.keras`` file; it must state the grid the model was trained on.
+
+    A network's input shape gives the cube's size but not its voxel size; guessing one
+    predicts faces at the wrong scale, so a model without its card is refused.
+    """
+    card_path = Path(path).with_suffix(".json")
+    if not card_path.is_file():
+        raise ValueError(f"{path}: no model card {card_path.name} beside it (it states the grid's "
+                         "voxel size the model was trained on)")
+    try:
+        card = json.loads(card_path.read_text())
+        float(card["grid"]["voxel_mm"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{card_path}: not a model card with grid.voxel_mm ({exc})") from exc
+    return card
+
+
 def load_defacer(device: str = "auto", model_path: str | os.PathLike | None = None) -> Defacer:
     """Load the shipped model (or ``model_path``) once; reuse it for every scan."""
     used = configure_device(device)
     import keras
 
     path = Path(model_path) if model_path else shipped_model_path()
-    card_path = path.with_suffix(".json")
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
-    grid = card.get("grid", {})
+    card = read_card(path)
+    grid = card["grid"]
     thresholds = card.get("thresholds", {})
     model = keras.models.load_model(path, compile=False)
     size = int(model.input_shape[1])
-    plan = GridPlan(size=size, voxel_mm=float(grid.get("voxel_mm", 4.0)),
+    plan = GridPlan(size=size, voxel_mm=float(grid["voxel_mm"]),
                     top_margin_mm=float(grid.get("top_margin_mm", 12.0)))
     return Defacer(model=model, path=path, plan=plan,
                    face_threshold=float(thresholds.get("face", 0.5)),

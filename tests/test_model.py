@@ -44,6 +44,24 @@ def test_model_card_describes_the_shipped_weights():
     assert defacer.model_name == path.name
 
 
+def test_a_model_without_a_card_stating_its_grid_is_refused(tmp_path):
+    """The voxel size is not in the .keras file; a guessed one predicts at the wrong scale."""
+    import shutil
+
+    model = tmp_path / "candidate.keras"
+    shutil.copy(shipped_model_path(), model)
+    with pytest.raises(ValueError, match=r"candidate\.keras: no model card candidate\.json"):
+        load_defacer("cpu", model)
+    card = json.loads(shipped_model_path().with_suffix(".json").read_text())
+    del card["grid"]["voxel_mm"]
+    model.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match=r"candidate\.json: not a model card with grid\.voxel_mm"):
+        load_defacer("cpu", model)
+    card["grid"]["voxel_mm"] = 5.3333
+    model.with_suffix(".json").write_text(json.dumps(card))
+    assert load_defacer("cpu", model).plan.voxel_mm == 5.3333
+
+
 def test_model_predicts_a_face_in_front_and_a_brain_above_it():
     """On the canonical grid (RAS, top of the head at the top) the face is anterior-inferior."""
     if not SHARED.is_dir():

@@ -199,7 +199,8 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labels", type=Path, default=Path(__file__).resolve().parents[2] / "labels")
-    parser.add_argument("--model", type=Path, help="a .keras file (default: the shipped model)")
+    parser.add_argument("--model", type=Path, help="a .keras file with its model card (.json) beside it "
+                        "(default: the shipped model)")
     parser.add_argument("--sets", nargs="+", default=["validation", "heads"])
     parser.add_argument("--json", type=Path, help="write all results here")
     parser.add_argument("--consistency", action="store_true", help="48 axis orders and rotations")

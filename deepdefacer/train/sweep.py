@@ -33,7 +33,8 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labels", type=Path, default=Path(__file__).resolve().parents[2] / "labels")
-    parser.add_argument("--model", type=Path, help="a .keras file (default: the shipped model)")
+    parser.add_argument("--model", type=Path, help="a .keras file with its model card (.json) beside it "
+                        "(default: the shipped model)")
     parser.add_argument("--sets", nargs="+", default=["validation", "heads"])
     parser.add_argument("--face-threshold", type=floats, default=[0.3, 0.4, 0.5])
     parser.add_argument("--face-dilate-mm", type=floats, default=[0.0, 3.0, 6.0])
