@@ -65,6 +65,7 @@ class Defacer:
     brain_margin_mm: float = 4.0
     face_dilate_mm: float = 0.0
     growth_margin_mm: float | None = None
+    edge_mm: float = 0.0
     device: str = "cpu"
     card: dict = field(default_factory=dict)
     _sha256: str | None = None
@@ -79,7 +80,8 @@ class Defacer:
         return {"FaceThreshold": self.face_threshold, "FaceGrowthMM": self.face_dilate_mm,
                 "BrainThreshold": self.brain_threshold, "BrainMarginMM": self.brain_margin_mm,
                 "GrowthBrainMarginMM": (self.brain_margin_mm if self.growth_margin_mm is None
-                                        else self.growth_margin_mm)}
+                                        else self.growth_margin_mm),
+                "FieldOfViewEdgeMM": self.edge_mm}
 
     @property
     def model_sha256(self) -> str:
@@ -146,6 +148,7 @@ def load_defacer(device: str = "auto", model_path: str | os.PathLike | None = No
                    face_dilate_mm=float(thresholds.get("face_dilate_mm", 0.0)),
                    growth_margin_mm=(float(thresholds["growth_margin_mm"])
                                      if thresholds.get("growth_margin_mm") is not None else None),
+                   edge_mm=float(thresholds.get("edge_mm", 0.0)),
                    device=used, card=card)
 
 

@@ -37,7 +37,8 @@ def deface(img, defacer=None):
                     ASSUMED_HEAD_MM / scale, scale)
     prediction = predict(data, affine, defacer)
     mask = face_mask(prediction, defacer.face_threshold, defacer.brain_threshold,
-                     defacer.brain_margin_mm, defacer.face_dilate_mm, defacer.growth_margin_mm)
+                     defacer.brain_margin_mm, defacer.face_dilate_mm, defacer.growth_margin_mm,
+                     defacer.edge_mm)
     return apply_mask(img, raw, mask), mask_image(img, mask)
 
 
@@ -63,7 +64,7 @@ def predict(data: np.ndarray, affine: np.ndarray, defacer) -> Prediction:
 
 def face_mask(pred: Prediction, face_threshold: float, brain_threshold: float,
               brain_margin_mm: float, face_dilate_mm: float = 0.0,
-              growth_margin_mm: float | None = None) -> np.ndarray:
+              growth_margin_mm: float | None = None, edge_mm: float = 0.0) -> np.ndarray:
     """The mask of removed voxels on the native grid (bool).
 
     Face = the largest connected region of face probability >= ``face_threshold``, kept
@@ -72,6 +73,10 @@ def face_mask(pred: Prediction, face_threshold: float, brain_threshold: float,
     margin) from the brain, so growth fills in the model's uncertain edges in front of and
     below the face but not towards the brain. Every field is mapped to the native grid
     trilinearly (smooth edges at the input's own resolution), only inside the face's box.
+    ``edge_mm`` > 0 handles edges: every cube field is held at its edge value for
+    ``edge_mm`` beyond the cube, and where the scan's field of view cuts through the face
+    the mask is carried out to the cut over its last ``edge_mm`` (``continue_to_edges``),
+    under the same brain margin as growth.
     """
     if growth_margin_mm is None:
         growth_margin_mm = brain_margin_mm
@@ -84,21 +89,60 @@ def face_mask(pred: Prediction, face_threshold: float, brain_threshold: float,
         grown = (face_dilate_mm - ndimage.distance_transform_edt(~region, sampling=pred.voxel_mm)
                  ).astype(np.float32)
         region = grown >= -pred.voxel_mm
-    box = native_box(region | (face_cube >= face_threshold / 2), pred.cube_affine,
+    brain_mm = brain_distance(pred.brain, brain_threshold, pred.voxel_mm)
+    brain, cube_affine = pred.brain, pred.cube_affine
+    if edge_mm > 0:
+        # The cube's outermost voxel centres lie half a voxel inside its faces, and a head
+        # filling a 256 mm field of view reaches past them: hold each edge value out to
+        # edge_mm beyond the cube (NiChart Subj1_T1 kept the front 4 mm of its nose).
+        pad = int(np.ceil(edge_mm / pred.voxel_mm))
+        face_cube, region, brain_mm, brain = (np.pad(a, pad, mode="edge")
+                                              for a in (face_cube, region, brain_mm, brain))
+        grown = None if grown is None else np.pad(grown, pad, mode="edge")
+        cube_affine = np.array(cube_affine, dtype=float)
+        cube_affine[:3, 3] -= cube_affine[:3, :3] @ np.full(3, pad)
+    box = native_box(region | (face_cube >= face_threshold / 2), cube_affine,
                      pred.native_affine, pred.native_shape)
 
     def native(cube):
-        return to_native(cube, pred.cube_affine, pred.native_affine, pred.native_shape, box)
+        return to_native(cube, cube_affine, pred.native_affine, pred.native_shape, box)
 
     # Distance (mm) to the predicted brain; 0 outside the box and the cube (never removed).
-    brain_mm = native(brain_distance(pred.brain, brain_threshold, pred.voxel_mm))
+    brain_mm = native(brain_mm)
     # The interpolated brain probability also keeps what it calls brain on this grid (a cube
     # voxel is 5 mm: the distance alone can miss a thin fold).
-    not_brain = native(pred.brain) < brain_threshold
+    not_brain = native(brain) < brain_threshold
     mask = (native(face_cube) >= face_threshold) & (brain_mm > brain_margin_mm)
     if grown is not None:
         mask |= (native(grown) > 0) & (brain_mm > growth_margin_mm)
-    return largest_region_in_box(mask & not_brain, box)
+    mask &= not_brain
+    if edge_mm > 0:
+        mask = continue_to_edges(mask, (brain_mm > growth_margin_mm) & not_brain,
+                                 voxel_sizes(pred.native_affine), edge_mm)
+    return largest_region_in_box(mask, box)
+
+
+def continue_to_edges(mask: np.ndarray, allowed: np.ndarray, voxel_mm, edge_mm: float) -> np.ndarray:
+    """Carry the mask out to each side of the field of view over its last ``edge_mm``.
+
+    A scan cut through the face (at the nose, the mouth or the chin) ends in an
+    artificial edge; the network's face probability fades over the last ~10 mm before
+    it, so the nose or mouth lying in the outermost slices was kept (the 6 mm IXI002
+    PDw/T2w, NiChart Subj1_T1). Each of the outermost slices of a side takes the mask of
+    the first slice inside that band, where ``allowed`` (the brain guard) permits.
+    """
+    out = mask.copy()
+    for axis, size in enumerate(mask.shape):
+        band = int(np.ceil(edge_mm / float(voxel_mm[axis])))
+        if band < 1 or 2 * band >= size:
+            continue
+        for edge, source in ((slice(0, band), band), (slice(size - band, size), size - band - 1)):
+            where = [slice(None)] * 3
+            where[axis] = edge
+            where = tuple(where)
+            inner = np.take(mask, [source], axis=axis)
+            out[where] |= inner & allowed[where]
+    return out
 
 
 def image_data(img) -> tuple[np.ndarray, np.ndarray]:

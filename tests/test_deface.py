@@ -160,3 +160,76 @@ def test_face_growth_extends_the_face_by_its_distance_and_never_into_the_guard()
     distance_to_brain = np.sqrt(gx**2 + gy**2 + gz**2) - 20.0
     assert grown[distance_to_brain < 4.0 - voxel / 2].sum() == 0
     assert grown[(distance_to_brain < 8.0) & (gy > 20)].any()
+
+
+def test_continue_to_edges_carries_the_innermost_band_slice_out_to_the_cut_where_allowed():
+    from deepdefacer.pipeline import continue_to_edges
+
+    mask = np.zeros((40, 30, 20), bool)
+    mask[10:20, 5:27, 3:8] = True                  # reaches into the last 4 slices of axis 1
+                                                   # (26-29) but fades before the cut
+    allowed = np.ones_like(mask)
+    allowed[15:20] = False                         # the brain guard
+    out = continue_to_edges(mask, allowed, voxel_mm=(1.0, 1.0, 6.0), edge_mm=4.0)
+    assert np.all(out >= mask)
+    # axis 1, far side: the band is slices 26-29, filled from slice 25 where allowed
+    assert out[10:15, 26:30, 3:8].all() and not out[15:20, 27:30, 3:8].any()
+    # nothing touched the other sides; axis 2 (6 mm voxels: a 1-slice band) is empty at its edges
+    assert np.array_equal(out[:, :26], mask[:, :26])
+    assert not out[..., 0].any() and not out[..., -1].any()
+    # an axis too thin for two bands is left alone (here a band would fill slices 5 and 0-3)
+    plane = np.zeros((10, 10, 6), bool)
+    plane[..., 4] = True
+    assert np.array_equal(continue_to_edges(plane, np.ones_like(plane), (1.0, 1.0, 1.0), 4.0), plane)
+
+
+@needs_data
+@pytest.mark.parametrize("name, path, landmarks", [
+    ("ixi002_t2_6mm", "heads/ixi002_t2_6mm.nii.gz", ("mouth",)),   # mouth in the bottom slice
+    ("Subj1_T1", "nichart/Subj1_T1.nii.gz", ("nose", "mouth")),      # beyond the cube's last voxels
+])
+def test_a_face_at_the_edge_of_the_scan_or_the_cube_is_removed_up_to_it(defacer, name, path, landmarks):
+    """What the edge handling adds takes the nose or mouth that the field of view (or the
+    cube) cuts through, and none of the reference (SyN) brain."""
+    import dataclasses
+
+    from deepdefacer.train.evaluate import LANDMARK_NAMES
+
+    assert defacer.edge_mm > 0
+    img = nib.load(SHARED / path)
+    mask = np.asarray(deface(img, defacer)[1].dataobj).astype(bool)
+    without = np.asarray(deface(img, dataclasses.replace(defacer, edge_mm=0.0))[1].dataobj).astype(bool)
+    labels = _labels(name)
+    added = mask & ~without
+    assert added.any() and not (added & labels["brain"]).any()
+    spots = np.asarray(nib.load(LABELS / f"{name}_landmarks.nii.gz").dataobj)
+    for landmark in landmarks:
+        spot = spots == LANDMARK_NAMES.index(landmark) + 1
+        assert spot.sum() >= 5
+        assert (mask & spot).sum() / spot.sum() >= 0.9, landmark
+
+
+def test_edge_band_holds_the_cube_edge_values_beyond_the_cube():
+    """A face reaching the cube's front face: without the edge band the mask stops at the
+    cube's last voxel centres (half a voxel inside the cube); with it, it goes on to the scan's edge."""
+    from deepdefacer.pipeline import Prediction, face_mask
+
+    voxel, size = 4.0, 32
+    cube_affine = np.diag([voxel] * 3 + [1.0])
+    cube_affine[:3, 3] = -voxel * (size - 1) / 2            # centres -62..62 mm
+    centres = np.arange(size) * voxel - voxel * (size - 1) / 2
+    x, y, z = np.meshgrid(centres, centres, centres, indexing="ij")
+    face = (y > 30.0).astype(np.float32)
+    brain = (x**2 + y**2 + z**2 < 20.0**2).astype(np.float32)
+    native_affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    native_affine[:3, 3] = -70.0
+    shape = (141, 141, 141)                                  # 1 mm voxels, -70..70 mm
+    pred = Prediction(face, brain, cube_affine, voxel, native_affine, shape)
+    ys = np.arange(shape[1]) - 70.0
+    plain = face_mask(pred, 0.5, 0.5, 4.0, 0.0)
+    banded = face_mask(pred, 0.5, 0.5, 4.0, 0.0, edge_mm=8.0)
+    assert ys[plain.any(axis=(0, 2))].max() == 62.0
+    assert ys[banded.any(axis=(0, 2))].max() == 70.0
+    inside = np.abs(ys) <= 62.0                              # within the cube's centres
+    assert np.array_equal(banded[np.ix_(inside, inside, inside)], plain[np.ix_(inside, inside, inside)])
+    assert banded[np.abs(ys) > 62.0].any()                   # the slab's sides go on too

@@ -178,7 +178,8 @@ def write_card(defacer, rows: list[dict], consistency: dict, command: str) -> No
     card["thresholds"] = {"face": defacer.face_threshold, "brain": defacer.brain_threshold,
                           "brain_margin_mm": defacer.brain_margin_mm,
                           "face_dilate_mm": defacer.face_dilate_mm,
-                          "growth_margin_mm": defacer.growth_margin_mm}
+                          "growth_margin_mm": defacer.growth_margin_mm,
+                          "edge_mm": defacer.edge_mm}
     keep = ("head", "face_removed", "brain_removed_voxels", "brain_removed_voxels_affine",
             "brain_reference", "dice", *LANDMARK_NAMES, "seconds")
     card["metrics"] = {
@@ -209,12 +210,13 @@ def main(argv=None) -> int:
     parser.add_argument("--face-dilate-mm", type=float, help="override the model card's")
     parser.add_argument("--brain-threshold", type=float, help="override the model card's")
     parser.add_argument("--growth-margin-mm", type=float, help="override the model card's")
+    parser.add_argument("--edge-mm", type=float, help="override the model card's")
     parser.add_argument("--write-card", action="store_true",
                         help="store the decision parameters used and these metrics in the model card")
     args = parser.parse_args(argv)
     defacer = load_defacer("cpu", args.model)
     for name in ("face_threshold", "brain_margin_mm", "face_dilate_mm", "brain_threshold",
-                 "growth_margin_mm"):
+                 "growth_margin_mm", "edge_mm"):
         if getattr(args, name) is not None:
             setattr(defacer, name, getattr(args, name))
     parts = split()

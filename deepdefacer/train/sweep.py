@@ -1,7 +1,7 @@
 """Choose the decision parameters of a model: ``python -m deepdefacer.train.sweep``.
 
 Runs the model once per head, then scores every combination of face threshold, face
-growth (mm) and brain margin (mm) against the reference labels, and prints per
+growth (mm), brain margins (mm), brain threshold and edge band (mm) against the reference labels, and prints per
 combination: heads passing every criterion, the worst face fraction, the most brain
 voxels removed. The chosen values go into the model card's ``thresholds``.
 """
@@ -41,11 +41,14 @@ def main(argv=None) -> int:
     parser.add_argument("--brain-margin-mm", type=floats, default=[4.0, 6.0])
     parser.add_argument("--brain-threshold", type=floats, default=[0.3])
     parser.add_argument("--growth-margin-mm", type=floats, default=[12.0])
+    parser.add_argument("--edge-mm", type=floats, default=[0.0],
+                        help="carry the mask to the cube's and the field of view's edges over this")
     parser.add_argument("--json", type=Path, help="write every score here")
     args = parser.parse_args(argv)
     defacer = load_defacer("cpu", args.model)
     combos = list(itertools.product(args.face_threshold, args.face_dilate_mm,
-                                    args.brain_margin_mm, args.brain_threshold, args.growth_margin_mm))
+                                    args.brain_margin_mm, args.brain_threshold, args.growth_margin_mm,
+                                    args.edge_mm))
     results = {c: [] for c in combos}
     parts = split()
     for set_name in args.sets:
@@ -59,8 +62,8 @@ def main(argv=None) -> int:
             pred = predict(data, affine, defacer)
             labels = reference_labels(args.labels, name)
             for combo in combos:
-                threshold, dilate, margin, brain_threshold, growth_margin = combo
-                mask = face_mask(pred, threshold, brain_threshold, margin, dilate, growth_margin)
+                threshold, dilate, margin, brain_threshold, growth_margin, edge = combo
+                mask = face_mask(pred, threshold, brain_threshold, margin, dilate, growth_margin, edge)
                 row = score(mask, data, labels["face"], labels["brain"], labels["landmarks"],
                             labels.get("brain_affine"))
                 row.update(head=name, set=set_name)
@@ -68,13 +71,13 @@ def main(argv=None) -> int:
                 results[combo].append(row)
             print(f"{set_name} {name}: " + " ".join(
                 f"{int(r['pass'])}" for r in (results[c][-1] for c in combos)), flush=True)
-    print("face_t\tgrow_mm\tmargin_mm\tbrain_t\tgrowth_margin_mm\tpassed\tworst_face\tmedian_face\tmax_brain\t"
+    print("face_t\tgrow_mm\tmargin_mm\tbrain_t\tgrowth_margin_mm\tedge_mm\tpassed\tworst_face\tmedian_face\tmax_brain\t"
           "heads_with_brain\tlandmark_misses")
     for combo, rows in results.items():
         if not rows:
             continue
         misses = sum(1 for r in rows for n in LANDMARK_NAMES if r[n] is False)
-        print(f"{combo[0]}\t{combo[1]}\t{combo[2]}\t{combo[3]}\t{combo[4]}\t{sum(r['pass'] for r in rows)}/{len(rows)}\t"
+        print("\t".join(map(str, combo)) + f"\t{sum(r['pass'] for r in rows)}/{len(rows)}\t"
               f"{min(r['face_removed'] for r in rows):.3f}\t"
               f"{np.median([r['face_removed'] for r in rows]):.3f}\t"
               f"{max(r['brain_removed_voxels'] for r in rows)}\t"
