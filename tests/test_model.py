@@ -159,6 +159,12 @@ def test_boundary_penalty_targets_face_on_brain_and_brain_missing_at_the_face():
         brain & ndimage.binary_dilation(face, cube, iterations=3))
     assert (far != binary).sum() > 1000
     assert float(boundary_penalty(binary, far)) == pytest.approx(0.0, abs=1e-6)
+    # The creep term alone sees the grown face and not the eroded brain; the terms add up.
+    assert float(boundary_penalty(binary, eroded, terms=("creep",))) == pytest.approx(0.0, abs=1e-6)
+    creep = float(boundary_penalty(binary, grown, terms=("creep",)))
+    assert creep > 0.05
+    assert creep + float(boundary_penalty(binary, grown, terms=("short",))) == pytest.approx(
+        float(boundary_penalty(binary, grown)), rel=1e-5)
     assert make_loss(0.0) is dice_bce_loss
     combined = float(make_loss(0.5)(binary, grown))
     assert combined == pytest.approx(float(dice_bce_loss(binary, grown))

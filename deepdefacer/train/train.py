@@ -101,7 +101,10 @@ def dice_bce_loss(y_true, y_pred):
     return bce + (1 - dice)
 
 
-def boundary_penalty(y_true, y_pred, reach_voxels: int = 2):
+BOUNDARY_TERMS = ("creep", "short")
+
+
+def boundary_penalty(y_true, y_pred, reach_voxels: int = 2, terms=BOUNDARY_TERMS):
     """Where a defacer would cut brain: the face/brain border, weighted on its own.
 
     The border is where face and brain both lie within ``reach_voxels``. Two terms,
@@ -109,6 +112,8 @@ def boundary_penalty(y_true, y_pred, reach_voxels: int = 2):
     cube: face probability on the border's non-face voxels (face creeping onto the
     brain), and missing brain probability on its brain voxels (the brain guard
     falling short at the frontal base). Both are 0 for a prediction equal to binary targets.
+    ``terms`` picks them: ("creep",) alone leaves the brain output free of the pull towards
+    the face that made v6/v7's brain reach into the orbits.
     """
     import keras.ops as ops
 
@@ -120,18 +125,22 @@ def boundary_penalty(y_true, y_pred, reach_voxels: int = 2):
     near_brain = ops.cast(border & (face_t < 0.5), "float32")
     near_face = ops.cast(border & (brain_t > 0.5), "float32")
     axes = (1, 2, 3, 4)
-    creep = ops.sum(face_p * near_brain, axis=axes) / (ops.sum(near_brain, axis=axes) + 1.0)
-    short = ops.sum((1 - brain_p) * near_face, axis=axes) / (ops.sum(near_face, axis=axes) + 1.0)
-    return ops.mean(creep + short)
+    total = 0.0
+    if "creep" in terms:
+        total = total + ops.sum(face_p * near_brain, axis=axes) / (ops.sum(near_brain, axis=axes) + 1.0)
+    if "short" in terms:
+        total = total + ops.sum((1 - brain_p) * near_face, axis=axes) / (ops.sum(near_face, axis=axes) + 1.0)
+    return ops.mean(total)
 
 
-def make_loss(boundary_weight: float = 0.0):
+def make_loss(boundary_weight: float = 0.0, boundary_terms=BOUNDARY_TERMS):
     """The training loss: Dice + BCE, plus ``boundary_weight`` x ``boundary_penalty``."""
     if not boundary_weight:
         return dice_bce_loss
+    terms = tuple(boundary_terms)
 
     def dice_bce_boundary_loss(y_true, y_pred):
-        return dice_bce_loss(y_true, y_pred) + boundary_weight * boundary_penalty(y_true, y_pred)
+        return dice_bce_loss(y_true, y_pred) + boundary_weight * boundary_penalty(y_true, y_pred, terms=terms)
 
     return dice_bce_boundary_loss
 
@@ -208,6 +217,8 @@ def parse_args(argv=None):
                              "by `deepdefacer.train.labels --deformable-brain`, or their union")
     parser.add_argument("--boundary-weight", type=float, default=0.0,
                         help="weight of the face/brain border penalty added to the loss (0: none)")
+    parser.add_argument("--boundary-terms", nargs="+", choices=BOUNDARY_TERMS, default=list(BOUNDARY_TERMS),
+                        help="which border terms: face creeping onto the brain, brain falling short")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--init-from", type=Path, metavar="KERAS",
                         help="start from this model's weights (same cube and network), e.g. to "
@@ -252,7 +263,7 @@ def main(argv=None) -> int:
     state_path = args.run_dir / "state.json"
     initial_epoch = 0
     if args.resume and checkpoint.exists():
-        loss = make_loss(args.boundary_weight)
+        loss = make_loss(args.boundary_weight, args.boundary_terms)
         model = keras.models.load_model(checkpoint, custom_objects={
             loss.__name__: loss, "face_dice": face_dice})
         initial_epoch = json.loads(state_path.read_text())["epoch"]
@@ -265,7 +276,7 @@ def main(argv=None) -> int:
             model.set_weights(keras.models.load_model(args.init_from, compile=False).get_weights())
             print(f"initialised from {args.init_from}", flush=True)
         model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
-                      loss=make_loss(args.boundary_weight), metrics=[face_dice])
+                      loss=make_loss(args.boundary_weight, args.boundary_terms), metrics=[face_dice])
     data = make_dataset(heads, plan, args.batch_size, args.steps, args.seed, augment=True)
     start = time.time()
 
@@ -290,7 +301,7 @@ def main(argv=None) -> int:
             "epochs": int(json.loads(state_path.read_text())["epoch"]),
             "steps_per_epoch": args.steps, "batch_size": args.batch_size, "seed": args.seed,
             "base_filters": args.base_filters, "brain_label": args.brain_label,
-            "boundary_weight": args.boundary_weight,
+            "boundary_weight": args.boundary_weight, "boundary_terms": list(args.boundary_terms),
             **({"initialised_from": {"file": args.init_from.name, "sha256": sha256_of(args.init_from)}}
                if args.init_from else {}),
             "final_loss": {k: float(v[-1]) for k, v in history.history.items()} if history.history else {},
