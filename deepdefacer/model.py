@@ -66,6 +66,7 @@ class Defacer:
     face_dilate_mm: float = 0.0
     growth_margin_mm: float | None = None
     edge_mm: float = 0.0
+    mirror_average: bool = False
     device: str = "cpu"
     card: dict = field(default_factory=dict)
     _sha256: str | None = None
@@ -81,7 +82,7 @@ class Defacer:
                 "BrainThreshold": self.brain_threshold, "BrainMarginMM": self.brain_margin_mm,
                 "GrowthBrainMarginMM": (self.brain_margin_mm if self.growth_margin_mm is None
                                         else self.growth_margin_mm),
-                "FieldOfViewEdgeMM": self.edge_mm}
+                "FieldOfViewEdgeMM": self.edge_mm, "LeftRightMirrorAverage": self.mirror_average}
 
     @property
     def model_sha256(self) -> str:
@@ -90,10 +91,22 @@ class Defacer:
         return self._sha256
 
     def predict(self, cube: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Face and brain probabilities on the canonical cube."""
-        batch = np.asarray(cube, np.float32)[None, ..., None]
-        out = np.asarray(self._forward(batch))[0]
-        return out[..., 0], out[..., 1]
+        """Face and brain probabilities on the canonical cube.
+
+        With ``mirror_average`` the cube and its left-right mirror (axis 0 of the RAS
+        cube; heads are nearly symmetric and training flips them) go through the
+        network as one batch of two, and the mirror's output is flipped back and
+        averaged in: a mask that depends less on where the grid's voxels happen to fall
+        (v8, +-15 degree rotations: min Dice 0.980 -> 0.982).
+        """
+        cube = np.asarray(cube, np.float32)
+        if not self.mirror_average:
+            out = np.asarray(self._forward(cube[None, ..., None]))[0]
+            return out[..., 0], out[..., 1]
+        batch = np.stack([cube, cube[::-1]])[..., None]
+        out = np.asarray(self._forward(batch))
+        mean = 0.5 * (out[0] + out[1][::-1])
+        return mean[..., 0], mean[..., 1]
 
     def _forward(self, batch):
         if not hasattr(self, "_compiled"):
@@ -149,6 +162,7 @@ def load_defacer(device: str = "auto", model_path: str | os.PathLike | None = No
                    growth_margin_mm=(float(thresholds["growth_margin_mm"])
                                      if thresholds.get("growth_margin_mm") is not None else None),
                    edge_mm=float(thresholds.get("edge_mm", 0.0)),
+                   mirror_average=bool(card.get("inference", {}).get("mirror_average", False)),
                    device=used, card=card)
 
 

@@ -79,6 +79,35 @@ def test_model_predicts_a_face_in_front_and_a_brain_above_it():
     assert 600 < (brain > 0.5).sum() * defacer.plan.voxel_mm ** 3 / 1000 < 2500  # ml
 
 
+def test_mirror_average_makes_the_prediction_left_right_symmetric():
+    """With the card's mirror average, a head and its mirror image get mirrored outputs.
+
+    The network alone is not exactly symmetric (checked here, so the test can fail):
+    averaging with the mirrored pass is what makes it so, and it is the mean of both.
+    """
+    if not SHARED.is_dir():
+        pytest.skip(f"shared data not found at {SHARED}")
+    from deepdefacer.conform import conform
+
+    defacer = load_defacer("cpu")
+    assert defacer.mirror_average is defacer.card.get("inference", {}).get("mirror_average", False)
+    img = nib.load(SHARED / "heads" / "t1w_head_ext2.nii.gz")
+    cube = conform(img.get_fdata(dtype=np.float32), img.affine, defacer.plan).array
+    mirror = np.ascontiguousarray(cube[::-1])
+
+    defacer.mirror_average = False
+    face, brain = defacer.predict(cube)
+    face_m, brain_m = defacer.predict(mirror)
+    assert np.abs(face - face_m[::-1]).max() > 0.05   # one pass: not symmetric
+    defacer.mirror_average = True
+    face_avg, brain_avg = defacer.predict(cube)
+    face_avg_m, brain_avg_m = defacer.predict(mirror)
+    np.testing.assert_allclose(face_avg, face_avg_m[::-1], atol=1e-5)
+    np.testing.assert_allclose(brain_avg, brain_avg_m[::-1], atol=1e-5)
+    np.testing.assert_allclose(face_avg, (face + face_m[::-1]) / 2, atol=1e-5)
+    assert defacer.decision["LeftRightMirrorAverage"] is True
+
+
 def test_smoke_training_runs_and_exports_a_loadable_model(tmp_path):
     if not (SHARED.is_dir() and (REPO / "labels").is_dir()):
         pytest.skip("training data or labels not available")

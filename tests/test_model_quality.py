@@ -46,7 +46,6 @@ def test_same_mask_for_all_48_axis_orders(defacer):
     assert scores[worst] >= 0.98, (worst, scores[worst])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 2: model v8 gives Dice 0.9798 at worst under +-15 deg")
 def test_same_mask_under_rotations_up_to_15_degrees(defacer):
     img = nib.load(SHARED / "heads" / "t1w_head_ext2.nii.gz")
     scores = rotation_consistency(img, defacer)

@@ -180,6 +180,7 @@ def write_card(defacer, rows: list[dict], consistency: dict, command: str) -> No
                           "face_dilate_mm": defacer.face_dilate_mm,
                           "growth_margin_mm": defacer.growth_margin_mm,
                           "edge_mm": defacer.edge_mm}
+    card["inference"] = {**card.get("inference", {}), "mirror_average": defacer.mirror_average}
     keep = ("head", "face_removed", "brain_removed_voxels", "brain_removed_voxels_affine",
             "brain_reference", "dice", *LANDMARK_NAMES, "seconds")
     card["metrics"] = {
@@ -211,12 +212,14 @@ def main(argv=None) -> int:
     parser.add_argument("--brain-threshold", type=float, help="override the model card's")
     parser.add_argument("--growth-margin-mm", type=float, help="override the model card's")
     parser.add_argument("--edge-mm", type=float, help="override the model card's")
+    parser.add_argument("--mirror-average", action=argparse.BooleanOptionalAction,
+                        help="average the prediction with its left-right mirror's (override the card's)")
     parser.add_argument("--write-card", action="store_true",
                         help="store the decision parameters used and these metrics in the model card")
     args = parser.parse_args(argv)
     defacer = load_defacer("cpu", args.model)
     for name in ("face_threshold", "brain_margin_mm", "face_dilate_mm", "brain_threshold",
-                 "growth_margin_mm", "edge_mm"):
+                 "growth_margin_mm", "edge_mm", "mirror_average"):
         if getattr(args, name) is not None:
             setattr(defacer, name, getattr(args, name))
     parts = split()

@@ -43,9 +43,13 @@ def main(argv=None) -> int:
     parser.add_argument("--growth-margin-mm", type=floats, default=[12.0])
     parser.add_argument("--edge-mm", type=floats, default=[0.0],
                         help="carry the mask to the cube's and the field of view's edges over this")
+    parser.add_argument("--mirror-average", action=argparse.BooleanOptionalAction,
+                        help="average the prediction with its left-right mirror's (override the card's)")
     parser.add_argument("--json", type=Path, help="write every score here")
     args = parser.parse_args(argv)
     defacer = load_defacer("cpu", args.model)
+    if args.mirror_average is not None:
+        defacer.mirror_average = args.mirror_average
     combos = list(itertools.product(args.face_threshold, args.face_dilate_mm,
                                     args.brain_margin_mm, args.brain_threshold, args.growth_margin_mm,
                                     args.edge_mm))
