@@ -41,14 +41,19 @@ ORIENTATIONS = {"": None, "_psr": ((1, 2, 0), (0, 1, 0)), "_ilp": ((2, 0, 1), (1
 
 
 def defacing_failed(original, mask) -> bool:
-    """True when the mask leaves the head's frontmost point (the nose tip) in place."""
+    """True when the mask leaves the head's frontmost point (the nose tip) in place.
+
+    Where the field of view cuts the face, the frontmost layer is a plane of skin, fat
+    and bone; any one of its voxels is arbitrary, so take the one nearest its centre.
+    """
     from deepdefacer.qc.volume import mask_on_grid, ras_volume, voxel_sizes_mm
 
     # A fine grid: on QC's 2 mm grid a thin nose tip can fall under the threshold.
     volume = ras_volume(original, voxel_mm=max(float(voxel_sizes_mm(original.affine).min()), 1.5))
     removed = mask_on_grid(mask, volume.head.shape, volume.voxel_mm)
     points = np.argwhere(volume.head)
-    tip = points[np.argmax(points[:, 1])]
+    front = points[points[:, 1] >= points[:, 1].max() - 1]
+    tip = front[np.argmin(((front - front.mean(axis=0)) ** 2).sum(axis=1))]
     reach = int(np.ceil(5.0 / volume.voxel_mm))  # within 5 mm of the tip
     near = tuple(slice(max(c - reach, 0), c + reach + 1) for c in tip)
     return not removed[near].any()

@@ -132,7 +132,7 @@ def train_arm(pool, name: str, init: Path, out: Path, steps_per_epoch: int, epoc
     # Without the optimizer's state (6 MB, not 18): the device returns files of at most 16 MB.
     _save_without_optimizer(model, out / f"{name}.keras")
     # The card states the grid: deepdefacer.model refuses a model without one.
-    card = json.loads((REPO / "models" / "deepdefacer_unet_v2.json").read_text())
+    card = json.loads((REPO / "models" / "deepdefacer_unet_v1.json").read_text())  # same grid as every arm
     (out / f"{name}.json").write_text(json.dumps({
         "name": name, "file": f"{name}.keras", "grid": card["grid"], "outputs": card["outputs"],
         "thresholds": card["thresholds"], "note": "bench/gpu_more_steps.py arm, not a shipped model"}, indent=2))

@@ -18,7 +18,7 @@ import numpy as np
 
 from deepdefacer.conform import GridPlan
 
-DEFAULT_MODEL = "deepdefacer_unet_v8"
+DEFAULT_MODEL = "deepdefacer_unet_v9"
 
 
 def shipped_model_path(name: str = DEFAULT_MODEL) -> Path:
