@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from deepdefacer.conform import GridPlan, block_reduce  # noqa: E402
-from deepdefacer.train.augment import Head, sample  # noqa: E402
+from deepdefacer.train.augment import AugmentOptions, Head, sample  # noqa: E402
 
 PLAN = GridPlan(size=48, voxel_mm=5.3333)
 _HEADS: list[Head] = []
@@ -90,18 +90,19 @@ def _init_worker(path: str) -> None:
 
 
 def _batch(task):
-    seed, index, batch_size = task
+    seed, index, batch_size, options = task
     rng = np.random.default_rng([seed, index])
     chosen = rng.integers(len(_HEADS), size=batch_size)
-    pairs = [sample(_HEADS[i], PLAN, rng, augment=True) for i in chosen]
+    pairs = [sample(_HEADS[i], PLAN, rng, augment=True, options=options) for i in chosen]
     return np.stack([p[0] for p in pairs])[..., None], np.stack([p[1] for p in pairs])
 
 
-def batches(pool, seed: int, count: int, batch_size: int, window: int = 96):
+def batches(pool, seed: int, count: int, batch_size: int, options: AugmentOptions = AugmentOptions(),
+            window: int = 96):
     """Augmented batches made ahead by the worker pool, in order, at most ``window`` queued."""
     pending = collections.deque()
     for index in range(count):
-        pending.append(pool.apply_async(_batch, ((seed, index, batch_size),)))
+        pending.append(pool.apply_async(_batch, ((seed, index, batch_size, options),)))
         if len(pending) >= window:
             yield pending.popleft().get()
     while pending:
@@ -109,14 +110,15 @@ def batches(pool, seed: int, count: int, batch_size: int, window: int = 96):
 
 
 def train_arm(pool, name: str, init: Path, out: Path, steps_per_epoch: int, epochs: int,
-              seconds: float, boundary_weight: float, seed: int, learning_rate: float) -> dict:
+              seconds: float, boundary_weight: float, seed: int, learning_rate: float,
+              boundary_terms=("creep", "short"), options: AugmentOptions = AugmentOptions()) -> dict:
     import keras
 
     from deepdefacer.train.train import _save_without_optimizer, make_loss
 
     keras.utils.set_random_seed(seed)
     model = keras.models.load_model(init, compile=False)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=make_loss(boundary_weight))
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=make_loss(boundary_weight, boundary_terms))
     start = time.time()
     done = {"steps": 0}
 
@@ -127,7 +129,7 @@ def train_arm(pool, name: str, init: Path, out: Path, steps_per_epoch: int, epoc
                 self.model.stop_training = True
 
     plateau = keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=3, min_lr=1e-5)
-    history = model.fit(batches(pool, seed, steps_per_epoch * epochs, 2), steps_per_epoch=steps_per_epoch,
+    history = model.fit(batches(pool, seed, steps_per_epoch * epochs, 2, options), steps_per_epoch=steps_per_epoch,
                         epochs=epochs, callbacks=[Budget(), plateau], verbose=2)
     # Without the optimizer's state (6 MB, not 18): the device returns files of at most 16 MB.
     _save_without_optimizer(model, out / f"{name}.keras")
@@ -138,6 +140,7 @@ def train_arm(pool, name: str, init: Path, out: Path, steps_per_epoch: int, epoc
         "thresholds": card["thresholds"], "note": "bench/gpu_more_steps.py arm, not a shipped model"}, indent=2))
     result = {"arm": name, "steps": done["steps"], "seconds": round(time.time() - start, 1),
               "steps_per_epoch": steps_per_epoch, "boundary_weight": boundary_weight,
+              "boundary_terms": list(boundary_terms), "augment": vars(options),
               "final_loss": float(history.history["loss"][-1]),
               "final_learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))}
     print(json.dumps(result), flush=True)
@@ -170,14 +173,20 @@ def main(argv=None) -> int:
     # Fork the augmentation workers before JAX starts its threads.
     pool = multiprocessing.get_context("fork").Pool(args.workers, _init_worker, (str(args.pack),))
     args.out.mkdir(parents=True, exist_ok=True)
-    arms = {"short": (40, max(1, args.short_steps // 40), 1e9, 0.0),
-            "long": (200, 1000, args.long_seconds, 0.0),
-            "long_boundary": (200, 1000, args.long_seconds, args.boundary_weight)}
+    both, creep = ("creep", "short"), ("creep",)
+    wide = AugmentOptions(max_pitch_degrees=30.0, gamma_log=0.6)
+    arms = {"short": (40, max(1, args.short_steps // 40), 1e9, 0.0, both, AugmentOptions()),
+            "long": (200, 1000, args.long_seconds, 0.0, both, AugmentOptions()),
+            "long_boundary": (200, 1000, args.long_seconds, args.boundary_weight, both, AugmentOptions()),
+            # v9's recipe (the creep term alone at 0.4), and the same with pitch up to +-30 degrees
+            # and gamma exp(+-0.6) (stop 13: Subj7_T1's brain grows when it is pitched or brightened)
+            "long_creep": (200, 1000, args.long_seconds, 0.4, creep, AugmentOptions()),
+            "long_creep_wide": (200, 1000, args.long_seconds, 0.4, creep, wide)}
     results = []
     for name in args.arms:
-        steps_per_epoch, epochs, seconds, weight = arms[name]
+        steps_per_epoch, epochs, seconds, weight, terms, options = arms[name]
         results.append(train_arm(pool, name, args.init, args.out, steps_per_epoch, epochs, seconds,
-                                 weight, args.seed, 5e-4))
+                                 weight, args.seed, 5e-4, terms, options))
         (args.out / "arms.json").write_text(json.dumps(results, indent=2) + "\n")
     pool.terminate()
     return 0

@@ -41,10 +41,28 @@ def rotation_matrix(angles_rad) -> np.ndarray:
     return rz @ ry @ rx
 
 
+@dataclass(frozen=True)
+class AugmentOptions:
+    """The ranges of the augmentations that a training command can widen.
+
+    ``max_pitch_degrees``: rotation about the left-right axis (chin down / up), where
+    real heads vary most (elderly people lying with the chin on the chest);
+    ``max_degrees``: about the other two axes; ``gamma_log``: gamma drawn as
+    exp(uniform(-gamma_log, gamma_log)).
+    """
+
+    max_degrees: float = 20.0
+    max_pitch_degrees: float = 20.0
+    gamma_log: float = 0.4
+
+
 def random_world_transform(rng: np.random.Generator, max_degrees: float = 20.0,
-                           scale_range=(0.85, 1.15), flip_lr: bool = True) -> np.ndarray:
+                           scale_range=(0.85, 1.15), flip_lr: bool = True,
+                           max_pitch_degrees: float | None = None) -> np.ndarray:
     """A random head pose in the scanner: rotation, size, left-right flip, shift."""
-    angles = np.deg2rad(rng.uniform(-max_degrees, max_degrees, 3))
+    pitch = max_degrees if max_pitch_degrees is None else max_pitch_degrees
+    limits = np.array([pitch, max_degrees, max_degrees])
+    angles = np.deg2rad(rng.uniform(-limits, limits))
     scale = np.diag(rng.uniform(*scale_range, 3) * rng.uniform(*scale_range))
     matrix = rotation_matrix(angles) @ np.cbrt(scale)
     if flip_lr and rng.random() < 0.5:
@@ -124,7 +142,8 @@ def anisotropic(cube: np.ndarray, rng: np.random.Generator, voxel_mm: float) -> 
     return ndimage.zoom(small, back, order=1)[: cube.shape[0], : cube.shape[1], : cube.shape[2]]
 
 
-def sample(head: Head, plan: GridPlan, rng: np.random.Generator, augment: bool = True):
+def sample(head: Head, plan: GridPlan, rng: np.random.Generator, augment: bool = True,
+           options: AugmentOptions = AugmentOptions()):
     """One training cube and its (face, brain) targets on the canonical grid."""
     image, affine = head.image, head.affine
     if augment:
@@ -132,7 +151,8 @@ def sample(head: Head, plan: GridPlan, rng: np.random.Generator, augment: bool =
             image = remap_contrast(image, rng)
         if rng.random() < 0.4:
             image = crop_field_of_view(image, affine, head.face, rng)
-        affine = random_world_transform(rng) @ affine
+        affine = random_world_transform(rng, options.max_degrees,
+                                        max_pitch_degrees=options.max_pitch_degrees) @ affine
     box_min, box_max = head_box_ras(image, affine)
     target = cube_affine(box_min, box_max, plan)
     reduced, reduced_affine = block_reduce(image, affine, plan.voxel_mm)
@@ -149,7 +169,7 @@ def sample(head: Head, plan: GridPlan, rng: np.random.Generator, augment: bool =
         if rng.random() < 0.3:
             cube = anisotropic(cube, rng, plan.voxel_mm)
         if rng.random() < 0.5:
-            cube = np.clip(cube, 0, None) ** np.exp(rng.uniform(-0.4, 0.4))
+            cube = np.clip(cube, 0, None) ** np.exp(rng.uniform(-options.gamma_log, options.gamma_log))
         if rng.random() < 0.5:
             cube = np.abs(cube + rng.normal(0, rng.uniform(0.005, 0.08), cube.shape))
         if rng.random() < 0.3:  # 8-bit storage

@@ -22,7 +22,7 @@ import nibabel as nib
 import numpy as np
 
 from deepdefacer.conform import GridPlan
-from deepdefacer.train.augment import Head, sample
+from deepdefacer.train.augment import AugmentOptions, Head, sample
 from deepdefacer.train.data import DATA_ROOT, split
 from deepdefacer.train.labels import label_name
 
@@ -65,7 +65,8 @@ def load_heads(paths, label_dir: Path, brain_label: str = "affine") -> list[Head
     return heads
 
 
-def make_dataset(heads, plan: GridPlan, batch_size: int, steps: int, seed: int, augment: bool):
+def make_dataset(heads, plan: GridPlan, batch_size: int, steps: int, seed: int, augment: bool,
+                 options: AugmentOptions = AugmentOptions()):
     import keras
 
     class Batches(keras.utils.PyDataset):
@@ -83,7 +84,7 @@ def make_dataset(heads, plan: GridPlan, batch_size: int, steps: int, seed: int, 
             # One generator per (epoch, batch): the same run draws the same samples.
             rng = np.random.default_rng([seed, self.epoch, index])
             chosen = rng.integers(len(heads), size=batch_size)
-            pairs = [sample(heads[i], plan, rng, augment=augment) for i in chosen]
+            pairs = [sample(heads[i], plan, rng, augment=augment, options=options) for i in chosen]
             return (np.stack([p[0] for p in pairs])[..., None], np.stack([p[1] for p in pairs]))
 
     return Batches()
@@ -219,6 +220,13 @@ def parse_args(argv=None):
                         help="weight of the face/brain border penalty added to the loss (0: none)")
     parser.add_argument("--boundary-terms", nargs="+", choices=BOUNDARY_TERMS, default=list(BOUNDARY_TERMS),
                         help="which border terms: face creeping onto the brain, brain falling short")
+    defaults = AugmentOptions()
+    parser.add_argument("--max-degrees", type=float, default=defaults.max_degrees,
+                        help="random rotation about the front-back and up-down axes (degrees)")
+    parser.add_argument("--max-pitch-degrees", type=float, default=defaults.max_pitch_degrees,
+                        help="random rotation about the left-right axis, chin down/up (degrees)")
+    parser.add_argument("--gamma-log", type=float, default=defaults.gamma_log,
+                        help="gamma = exp(uniform(-G, G)) on half the cubes")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--init-from", type=Path, metavar="KERAS",
                         help="start from this model's weights (same cube and network), e.g. to "
@@ -277,7 +285,8 @@ def main(argv=None) -> int:
             print(f"initialised from {args.init_from}", flush=True)
         model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
                       loss=make_loss(args.boundary_weight, args.boundary_terms), metrics=[face_dice])
-    data = make_dataset(heads, plan, args.batch_size, args.steps, args.seed, augment=True)
+    options = AugmentOptions(args.max_degrees, args.max_pitch_degrees, args.gamma_log)
+    data = make_dataset(heads, plan, args.batch_size, args.steps, args.seed, augment=True, options=options)
     start = time.time()
 
     class Checkpoint(keras.callbacks.Callback):
