@@ -67,6 +67,7 @@ class Defacer:
     growth_margin_mm: float | None = None
     edge_mm: float = 0.0
     mirror_average: bool = False
+    atlas_guard: bool = False
     device: str = "cpu"
     card: dict = field(default_factory=dict)
     _sha256: str | None = None
@@ -82,7 +83,9 @@ class Defacer:
                 "BrainThreshold": self.brain_threshold, "BrainMarginMM": self.brain_margin_mm,
                 "GrowthBrainMarginMM": (self.brain_margin_mm if self.growth_margin_mm is None
                                         else self.growth_margin_mm),
-                "FieldOfViewEdgeMM": self.edge_mm, "LeftRightMirrorAverage": self.mirror_average}
+                "FieldOfViewEdgeMM": self.edge_mm, "LeftRightMirrorAverage": self.mirror_average,
+                # Only when on: outputs made without it keep their provenance (not redone).
+                **({"AtlasBrainGuard": True} if self.atlas_guard else {})}
 
     @property
     def model_sha256(self) -> str:

@@ -35,7 +35,7 @@ def deface(img, defacer=None):
         log.warning("%s: the head is only %.0f mm across with the header's voxel sizes; "
                     "assuming they are %.1fx too small", img.get_filename() or "<image>",
                     ASSUMED_HEAD_MM / scale, scale)
-    prediction = predict(data, affine, defacer)
+    prediction = predict(data, affine, defacer, name=img.get_filename() or "<image>")
     mask = face_mask(prediction, defacer.face_threshold, defacer.brain_threshold,
                      defacer.brain_margin_mm, defacer.face_dilate_mm, defacer.growth_margin_mm,
                      defacer.edge_mm)
@@ -54,12 +54,21 @@ class Prediction:
     native_shape: tuple
 
 
-def predict(data: np.ndarray, affine: np.ndarray, defacer) -> Prediction:
-    """Conform the scan and run the model (the only step that needs TensorFlow)."""
+def predict(data: np.ndarray, affine: np.ndarray, defacer, name: str = "<image>") -> Prediction:
+    """Conform the scan and run the model (the only step that needs TensorFlow).
+
+    With the defacer's ``atlas_guard`` the brain is also the atlas brain registered to the
+    scan, where that registration can be trusted (``deepdefacer.atlas``).
+    """
     conformed = conform(data, affine, defacer.plan)
     face_cube, brain_cube = defacer.predict(conformed.array)
-    return Prediction(face_cube, brain_cube, conformed.affine_ras, defacer.plan.voxel_mm,
-                      affine, tuple(data.shape))
+    prediction = Prediction(face_cube, brain_cube, conformed.affine_ras, defacer.plan.voxel_mm,
+                            affine, tuple(data.shape))
+    if getattr(defacer, "atlas_guard", False):
+        from deepdefacer.atlas import guard_prediction
+
+        prediction, _ = guard_prediction(prediction, data, affine, defacer.plan, name)
+    return prediction
 
 
 def face_mask(pred: Prediction, face_threshold: float, brain_threshold: float,

@@ -35,6 +35,7 @@ class Settings:
     layout: str = "derivatives"
     overwrite: bool = False
     device: str = "auto"
+    atlas_guard: bool = False  # also guard an average brain registered to each scan
     command_line: str = ""
     qc: bool = True  # per-scan QC figures and verdict (derivatives layout)
 
@@ -61,16 +62,27 @@ class JobResult:
 _defacers: dict = {}
 
 
-def get_defacer(device: str):
-    if device not in _defacers:
+def get_defacer(device: str, atlas_guard: bool = False):
+    key = (device, atlas_guard)
+    if key not in _defacers:
+        if atlas_guard:
+            from deepdefacer.atlas import AtlasUnavailable, load_atlas, require_ants
+
+            try:
+                require_ants()
+                load_atlas()
+            except (AtlasUnavailable, OSError) as exc:
+                raise ModelLoadError(f"--atlas-guard: {exc}") from exc
         try:
             from deepdefacer.model import load_defacer
 
-            _defacers[device] = load_defacer(device=device)
+            defacer = load_defacer(device=device)
         except Exception as exc:
             raise ModelLoadError(f"cannot load the Deepdefacer model on device '{device}': "
                                  f"{type(exc).__name__}: {exc}") from exc
-    return _defacers[device]
+        defacer.atlas_guard = atlas_guard
+        _defacers[key] = defacer
+    return _defacers[key]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,7 +105,7 @@ def process_job(job: Job, settings: Settings, defacer=None) -> JobResult:
                 input_sha256[scan.relpath] = sha256_file(scan.path)
             except OSError:
                 pass  # reported when the scan itself is loaded
-        defacer = defacer or get_defacer(settings.device)
+        defacer = defacer or get_defacer(settings.device, settings.atlas_guard)
         mask_source = outputs.source_uri(reference.relpath, settings.layout)
         expected = {scan.relpath: outputs.provenance_key(
             defacer.model_sha256, input_sha256.get(scan.relpath), mask_source,

@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="co-registered scans of the same session to deface with INPUT's "
                              "mask; each becomes OTHER_defaced.nii.gz")
     parser.add_argument("--device", choices=DEVICES, default="auto")
+    parser.add_argument("--atlas-guard", action="store_true",
+                        help="also keep everything near an average brain registered to the scan "
+                             "(needs antspyx: pip install 'deepdefacer[atlas]'; ~2-4 s more)")
     parser.add_argument("-f", "--force", "--overwrite", action="store_true",
                         help="replace existing output files")
     parser.add_argument("--verbose", action="store_true", help="tracebacks of unexpected errors")
@@ -68,7 +71,8 @@ def main(argv=None) -> int:
             print(f"deepdeface: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        return deface_files(args.input, output, args.mask_out, targets[1:], args.device)
+        return deface_files(args.input, output, args.mask_out, targets[1:], args.device,
+                            args.atlas_guard)
     except InputError as exc:
         print(f"deepdeface: {exc}", file=sys.stderr)
         return EXIT_SCANS_FAILED
@@ -76,6 +80,11 @@ def main(argv=None) -> int:
         print("deepdeface: interrupted; no partial file was left", file=sys.stderr)
         return 130
     except Exception as exc:
+        from deepdefacer.bids.process import ModelLoadError
+
+        if isinstance(exc, ModelLoadError):  # e.g. --atlas-guard without antspyx
+            print(f"deepdeface: {exc}", file=sys.stderr)
+            return EXIT_SCANS_FAILED
         if args.verbose:
             raise
         print(f"deepdeface: unexpected error: {type(exc).__name__}: {exc} "
@@ -83,7 +92,8 @@ def main(argv=None) -> int:
         return EXIT_SCANS_FAILED
 
 
-def deface_files(input_path: Path, output: Path, mask_out, others, device: str) -> int:
+def deface_files(input_path: Path, output: Path, mask_out, others, device: str,
+                 atlas_guard: bool = False) -> int:
     """Deface input_path, then every (other, output) pair with the same mask."""
     from deepdefacer.bids.process import get_defacer
     from deepdefacer.io import (load_image, mask_image_like, write_image,
@@ -92,7 +102,7 @@ def deface_files(input_path: Path, output: Path, mask_out, others, device: str) 
 
     start = time.monotonic()
     img = load_image(input_path)
-    defaced, mask_img = get_defacer(device).deface(img)
+    defaced, mask_img = get_defacer(device, atlas_guard).deface(img)
     mask = (mask_img.get_fdata() > 0).astype("uint8")
     write_in_source_encoding(input_path, defaced.get_fdata(), mask, output)
     if mask_out:

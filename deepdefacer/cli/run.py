@@ -109,6 +109,7 @@ def run_participant_level(args, command_line: str) -> int:
 
     settings = process.Settings(output_dir=str(args.output_dir), layout=args.layout,
                                 overwrite=args.overwrite, device=args.device,
+                                atlas_guard=args.atlas_guard,
                                 command_line=command_line, qc=not args.skip_qc)
     results = []
     with progress_bar(len(scans), args) as bar:

@@ -1,0 +1,97 @@
+"""The optional atlas guard (--atlas-guard): an average brain registered to the scan also guards."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deepdefacer.atlas import AtlasUnavailable, atlas_guard, load_atlas
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+LABELS = REPO / "labels"
+
+
+def test_atlas_travels_in_the_installed_package():
+    atlas = load_atlas()
+    assert atlas["head"].shape == atlas["brain"].shape and atlas["head"].ndim == 3
+    brain_ml = (atlas["brain"] >= 0.5).sum() * abs(np.linalg.det(atlas["affine"][:3, :3])) / 1000
+    assert 1000 < brain_ml < 1800  # an adult brain, in ml
+    # The head's top lies above the brain's, and the brain is inside the head.
+    assert (atlas["head"][atlas["brain"] >= 0.5] > 0.1 * atlas["head"].max()).mean() > 0.99
+
+
+def _fields(face_box, brain_box, shape=(48, 48, 48)):
+    face, brain = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    face[face_box], brain[brain_box] = 1.0, 1.0
+    return face, brain
+
+
+def test_a_registered_brain_over_the_face_is_not_trusted():
+    face, brain = _fields(np.s_[10:30, 36:46, 5:20], np.s_[8:40, 8:34, 18:44])
+    used = atlas_guard(face, lambda: brain, voxel_mm=5.3333)
+    assert used.used and used.brain is brain and used.face_overlap_ml == pytest.approx(0.0, abs=0.2)
+    # The same brain shifted onto the face: 20 x 10 x 4 voxels of 5.33 mm (121 ml) overlap.
+    shifted = np.roll(brain, (0, 8, -10), axis=(0, 1, 2))
+    rejected = atlas_guard(face, lambda: shifted, voxel_mm=5.3333)
+    assert not rejected.used and rejected.brain is None
+    assert rejected.face_overlap_ml > 100 and "not trusted" in rejected.reason
+
+
+def test_a_failed_registration_leaves_the_networks_guard():
+    def fails():
+        raise RuntimeError("ants: no overlap")
+
+    face, _ = _fields(np.s_[10:30, 36:46, 5:20], np.s_[0:1, 0:1, 0:1])
+    result = atlas_guard(face, fails, voxel_mm=5.3333)
+    assert not result.used and "registration failed" in result.reason and "no overlap" in result.reason
+
+
+def test_atlas_guard_without_antspyx_is_a_clear_error(monkeypatch, capsys, tmp_path):
+    from deepdefacer.bids import process
+    from deepdefacer.cli.deface_one import main
+
+    monkeypatch.setitem(sys.modules, "ants", None)  # import ants -> ImportError
+    monkeypatch.setattr(process, "_defacers", {})
+    with pytest.raises(process.ModelLoadError, match=r"antspyx.*deepdefacer\[atlas\]"):
+        process.get_defacer("cpu", atlas_guard=True)
+    source = REPO / "examples" / "ds-demo" / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_T1w.nii.gz"
+    out = tmp_path / "out.nii.gz"
+    assert main([str(source), "-o", str(out), "--atlas-guard", "--device", "cpu"]) == 1
+    assert "antspyx" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def guarded():
+    pytest.importorskip("ants")
+    from deepdefacer.model import load_defacer
+
+    defacer = load_defacer("cpu")
+    defacer.atlas_guard = True
+    return defacer
+
+
+def test_the_guard_is_recorded_in_the_provenance_only_when_on(guarded, defacer):
+    assert guarded.decision["AtlasBrainGuard"] is True
+    assert "AtlasBrainGuard" not in defacer.decision  # outputs made without it stay up to date
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data not found at {SHARED}")
+@pytest.mark.parametrize("name", ["Subj7_T1", "ixi002_t2_6mm", "Subj1_T1"])
+def test_atlas_guard_keeps_the_brain_the_network_misses(defacer, guarded, name):
+    """Subj7_T1 (the most chin-down elderly head) and the 6 mm T2w lose brain with the
+    network's guard alone (model v9); with the atlas they keep it and still lose the face.
+    Subj1_T1's registration is wrong (its brain covers the face) and is not used."""
+    from deepdefacer.train.evaluate import LANDMARK_NAMES, evaluate_head, passes
+
+    path = next(SHARED.rglob(f"{name}.nii*"))
+    alone = evaluate_head(path, LABELS, defacer)
+    row = evaluate_head(path, LABELS, guarded)
+    detail = {k: row[k] for k in ("face_removed", "brain_removed_voxels", *LANDMARK_NAMES)}
+    assert passes(row), detail
+    if name != "Subj1_T1":
+        assert alone["brain_removed_voxels"] > 500  # the case the guard is for
