@@ -32,7 +32,7 @@ RUN missing=""; \
 
 FROM build AS deps
 ARG VARIANT=cpu
-ARG EXTRAS=validate
+ARG EXTRAS=validate,atlas
 # A folder of wheels inside the build context; the default one holds no wheels, and then pip uses the
 # package index.
 ARG WHEELHOUSE=containers/wheelhouse

@@ -158,6 +158,19 @@ run_container() {
     || die "the container exited with $?"
 }
 
+# The optional atlas guard works inside the image (antspyx from the `atlas` extra): one scan, output
+# to the container's tmpfs; the run must succeed and report what it removed.
+run_atlas_guard() {
+  local scan out
+  scan=$(cd "$work_dir/input" && find . -name '*_T1w.nii.gz' | sort | head -n 1)
+  out=$(docker run --rm --network none --read-only --tmpfs /tmp --user "$run_uid:$run_gid" \
+    --volume "$work_dir/input:/data/bids:ro" --entrypoint /opt/deepdefacer/bin/deepdeface \
+    "$image" "/data/bids/${scan#./}" -o /tmp/defaced.nii.gz --atlas-guard --device cpu 2>&1) \
+    || { echo "$out" >&2; die "deepdeface --atlas-guard in the container exited with an error"; }
+  echo "$out" | grep -q "of voxels removed" || { echo "$out" >&2; die "deepdeface --atlas-guard: no result"; }
+  say "atlas guard in the container: $(echo "$out" | grep "of voxels removed")"
+}
+
 run_bare() {
   TF_CPP_MIN_LOG_LEVEL=2 "$venv/bin/deepdefacer" "$work_dir/input" "$work_dir/bare" participant \
     || die "the bare deepdefacer run exited with $?"
@@ -173,7 +186,7 @@ check_outputs() {
 }
 
 resolve_gpu() {
-  "$python" containers/requirements.py --variant gpu --extras validate > "$work_dir/requirements-gpu.txt"
+  "$python" containers/requirements.py --variant gpu --extras validate,atlas > "$work_dir/requirements-gpu.txt"
   "$python" -m pip install --quiet --dry-run --ignore-installed --only-binary=:all: \
     --report "$work_dir/gpu-report.json" --requirement "$work_dir/requirements-gpu.txt"
   "$python" - "$work_dir/gpu-report.json" << 'EOF'
@@ -209,6 +222,7 @@ chmod -R a+rX "$work_dir/input"
 input_checksum=$(checksum_tree "$work_dir/input")
 install -d -o "$run_uid" -g "$run_gid" "$work_dir/container"
 timed "container run ($dataset)" run_container
+timed "atlas guard in the container (one scan)" run_atlas_guard
 timed "bare deepdefacer run ($dataset)" run_bare
 timed "output checks, validator" check_outputs
 if [ "${DEEPDEFACER_CI_GPU_RESOLVE:-0}" = 1 ]; then

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Download (and where needed build) every wheel the image needs, on the host, for an offline build:
 #
-#   containers/make-wheelhouse.sh [--variant cpu|gpu] [--extras validate] [--from LOCAL] [DIR]
+#   containers/make-wheelhouse.sh [--variant cpu|gpu] [--extras validate,atlas] [--from LOCAL] [DIR]
 #   docker build --build-arg WHEELHOUSE=build/wheelhouse ...                   (DIR: build/wheelhouse)
 #
 # --from LOCAL: take every wheel from the folder LOCAL (no index at all; fails if one is missing):
@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-variant=cpu extras=validate wheelhouse=build/wheelhouse local_wheels=""
+variant=cpu extras=validate,atlas wheelhouse=build/wheelhouse local_wheels=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --variant) variant=$2; shift 2 ;;
