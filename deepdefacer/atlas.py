@@ -100,16 +100,17 @@ def register_brain(data: np.ndarray, affine: np.ndarray, cube_affine: np.ndarray
     if min(fixed.spacing) < 0.9 * ATLAS_MM:
         fixed = ants.resample_image(fixed, (ATLAS_MM,) * 3, False, 0)
     moving = ants_image(ants, atlas["head"], atlas["affine"])
-    with tempfile.TemporaryDirectory() as tmp:
+    cube = ants_image(ants, np.zeros(plan.shape, np.float32), cube_affine)
+    # ANTs writes its transforms to files: all of them in a folder removed afterwards.
+    with tempfile.TemporaryDirectory(prefix="deepdefacer-atlas-") as tmp:
         start_file = f"{tmp}/start.mat"
         ants.write_transform(start, start_file)
         reg = ants.registration(fixed, moving, type_of_transform="Affine", random_seed=seed,
-                                initial_transform=[start_file], aff_metric="mattes",
-                                aff_iterations=ITERATIONS, aff_shrink_factors=(2, 1),
-                                aff_smoothing_sigmas=(1, 0))
-    cube = ants_image(ants, np.zeros(plan.shape, np.float32), cube_affine)
-    brain = ants.apply_transforms(cube, ants_image(ants, atlas["brain"], atlas["affine"]),
-                                  reg["fwdtransforms"], interpolator="linear")
+                                initial_transform=[start_file], outprefix=f"{tmp}/reg_",
+                                aff_metric="mattes", aff_iterations=ITERATIONS,
+                                aff_shrink_factors=(2, 1), aff_smoothing_sigmas=(1, 0))
+        brain = ants.apply_transforms(cube, ants_image(ants, atlas["brain"], atlas["affine"]),
+                                      reg["fwdtransforms"], interpolator="linear")
     return np.clip(brain.numpy(), 0, 1).astype(np.float32)
 
 

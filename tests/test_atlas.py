@@ -95,3 +95,21 @@ def test_atlas_guard_keeps_the_brain_the_network_misses(defacer, guarded, name):
     assert passes(row), detail
     if name != "Subj1_T1":
         assert alone["brain_removed_voxels"] > 500  # the case the guard is for
+
+
+def test_registration_leaves_no_files_behind(guarded, tmp_path, monkeypatch):
+    import tempfile
+
+    import nibabel as nib
+
+    from deepdefacer.conform import plausible_affine
+    from deepdefacer.pipeline import image_data, predict
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where ANTs writes its transforms
+    img = nib.load(REPO / "examples" / "ds-demo" / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_T1w.nii.gz")
+    _, data = image_data(img)
+    affine, _ = plausible_affine(data, img.affine)
+    assert guarded.atlas_guard
+    prediction = predict(data, affine, guarded)
+    assert prediction.brain.max() > 0.5
+    assert list(tmp_path.iterdir()) == []
