@@ -12,8 +12,8 @@ A registration can fail (a cropped block, a scan far from an average head). A
 registered brain that covers more than ``MAX_FACE_OVERLAP_ML`` of the network's face is
 not trusted: the network's brain alone is used and the reason is logged.
 
-Needs the ``atlas`` extra (``pip install 'deepdefacer[atlas]'``: antspyx); it adds
-~2-4 s a scan on 2 cores. The atlas travels in the package
+Needs the ``atlas`` extra (``pip install 'deepdefacer[atlas]'``: antspyx); on 2 cores it
+adds ~3 s to a 1 mm head scan and up to ~9 s with a large field of view (docs/model.md). The atlas travels in the package
 (``models/atlas_pydeface_3mm.npz``, made by ``python -m deepdefacer.train.atlas``).
 """
 
@@ -91,7 +91,10 @@ def register_brain(data: np.ndarray, affine: np.ndarray, cube_affine: np.ndarray
 
     ants = require_ants()
     atlas = load_atlas()
-    atlas_cube = conform(atlas["head"], atlas["affine"], plan).affine_ras
+    # Where conform puts the atlas's head depends on the grid only: found once per grid.
+    if atlas.get("cube_plan") != plan:
+        atlas.update(cube_plan=plan, cube_affine=conform(atlas["head"], atlas["affine"], plan).affine_ras)
+    atlas_cube = atlas["cube_affine"]
     shift_ras = atlas_cube[:3, 3] - np.asarray(cube_affine)[:3, 3]  # same axes and voxel size
     start = ants.create_ants_transform(transform_type="AffineTransform", dimension=3,
                                        matrix=np.eye(3), translation=LPS[:3, :3] @ shift_ras)
