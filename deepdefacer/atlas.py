@@ -13,13 +13,15 @@ registered brain that covers more than ``MAX_FACE_OVERLAP_ML`` of the network's 
 not trusted: the network's brain alone is used and the reason is logged.
 
 Needs the ``atlas`` extra (``pip install 'deepdefacer[atlas]'``: antspyx); on 2 cores it
-adds ~3 s to a 1 mm head scan and up to ~9 s with a large field of view (docs/model.md). The atlas travels in the package
+adds ~3-4.5 s a scan (docs/model.md). The registration is seeded (``random_seed``); reruns
+are bit-identical with one ITK thread. The atlas travels in the package
 (``models/atlas_pydeface_3mm.npz``, made by ``python -m deepdefacer.train.atlas``).
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from importlib import resources
 
@@ -32,7 +34,8 @@ log = logging.getLogger("deepdefacer")
 ATLAS_NAME = "atlas_pydeface_3mm.npz"
 ATLAS_MM = 3.0
 MAX_FACE_OVERLAP_ML = 20.0
-ITERATIONS = (200, 100)  # at 6 mm, then 3 mm
+ITERATIONS = (200, 50)  # at 6 mm, then 3 mm (the 3 mm level stops converging after ~25-70)
+SEED = 1
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -54,6 +57,28 @@ def require_ants():
     except ImportError as exc:
         raise AtlasUnavailable("the atlas guard needs antspyx: pip install 'deepdefacer[atlas]'") from exc
     return ants
+
+
+@contextmanager
+def random_seed(ants, seed: int):
+    """Seed ANTs' metric sampling for the registrations run inside this block.
+
+    antspyx 0.6 reads the seed from ``ants.config`` and silently drops
+    ``registration(random_seed=...)`` into ``**kwargs``: without this every run drew other
+    sample points. Reruns are then identical with one ITK thread
+    (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1``, as each ``--n-procs`` worker on 2 cores
+    has); with several threads ITK's metric sums in a varying order and results vary a little.
+    """
+    config = getattr(ants, "config", None)
+    if config is None or not hasattr(config, "_random_seed"):
+        yield  # older antspyx: registration(random_seed=...) is honoured
+        return
+    before = config._random_seed
+    config._random_seed = int(seed)
+    try:
+        yield
+    finally:
+        config._random_seed = before
 
 
 def ants_image(ants, array: np.ndarray, affine_ras: np.ndarray):
@@ -78,7 +103,7 @@ def load_atlas() -> dict:
 
 
 def register_brain(data: np.ndarray, affine: np.ndarray, cube_affine: np.ndarray, plan,
-                   seed: int = 1) -> np.ndarray:
+                   seed: int = SEED) -> np.ndarray:
     """The atlas brain registered to the scan, as a probability on the cube's grid.
 
     The registration starts from the shift that puts the atlas's head where ``conform``
@@ -105,7 +130,7 @@ def register_brain(data: np.ndarray, affine: np.ndarray, cube_affine: np.ndarray
     moving = ants_image(ants, atlas["head"], atlas["affine"])
     cube = ants_image(ants, np.zeros(plan.shape, np.float32), cube_affine)
     # ANTs writes its transforms to files: all of them in a folder removed afterwards.
-    with tempfile.TemporaryDirectory(prefix="deepdefacer-atlas-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="deepdefacer-atlas-") as tmp, random_seed(ants, seed):
         start_file = f"{tmp}/start.mat"
         ants.write_transform(start, start_file)
         reg = ants.registration(fixed, moving, type_of_transform="Affine", random_seed=seed,

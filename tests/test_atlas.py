@@ -113,3 +113,33 @@ def test_registration_leaves_no_files_behind(guarded, tmp_path, monkeypatch):
     prediction = predict(data, affine, guarded)
     assert prediction.brain.max() > 0.5
     assert list(tmp_path.iterdir()) == []
+
+
+REGISTER_ONCE = """
+import hashlib, sys
+import nibabel as nib
+from deepdefacer.atlas import register_brain
+from deepdefacer.conform import GridPlan, conform, plausible_affine
+from deepdefacer.pipeline import image_data
+plan = GridPlan(size=48, voxel_mm=5.3333)
+img = nib.load(sys.argv[1])
+_, data = image_data(img)
+affine, _ = plausible_affine(data, img.affine)
+brain = register_brain(data, affine, conform(data, affine, plan).affine_ras, plan)
+print(hashlib.sha256(brain.tobytes()).hexdigest(), round(float((brain >= 0.5).sum())))
+"""
+
+
+def test_the_registration_is_seeded(tmp_path):
+    """antspyx 0.6 ignores registration(random_seed=...): without deepdefacer.atlas.random_seed
+    two runs drew other sample points and gave other brains, even on one thread."""
+    pytest.importorskip("ants")
+    import os
+    import subprocess
+
+    scan = REPO / "examples" / "ds-demo" / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_T1w.nii.gz"
+    env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1")  # one thread: bit-reproducible
+    runs = [subprocess.run([sys.executable, "-c", REGISTER_ONCE, str(scan)], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, check=True).stdout.split() for _ in range(2)]
+    assert runs[0] == runs[1]
+    assert int(runs[0][1]) > 100  # a brain was registered, not an empty field

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--atlas-guard", action="store_true",
                         help="also keep everything near an average brain registered to the scan "
-                             "(needs antspyx: pip install 'deepdefacer[atlas]'; ~3-9 s more)")
+                             "(needs antspyx: pip install 'deepdefacer[atlas]'; ~3-4.5 s more)")
     parser.add_argument("-f", "--force", "--overwrite", action="store_true",
                         help="replace existing output files")
     parser.add_argument("--verbose", action="store_true", help="tracebacks of unexpected errors")

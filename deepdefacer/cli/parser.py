@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where the model runs (default auto: a GPU if there is one)")
     run.add_argument("--atlas-guard", "--atlas_guard", action="store_true",
                      help="also keep everything near an average brain registered to each scan "
-                          "(needs antspyx: pip install 'deepdefacer[atlas]'; ~3-9 s more a scan)")
+                          "(needs antspyx: pip install 'deepdefacer[atlas]'; ~3-4.5 s more a scan)")
     run.add_argument("--overwrite", action="store_true",
                      help="redo scans whose outputs exist and are up to date")
     run.add_argument("--work-dir", "--work_dir", "-w", type=lambda value: Path(value).absolute(),

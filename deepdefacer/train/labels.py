@@ -30,6 +30,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from deepdefacer.atlas import random_seed
 from deepdefacer.conform import plausible_affine
 from deepdefacer.train.data import DATA_ROOT, split, training_heads
 
@@ -83,8 +84,9 @@ def prepare_template(work_dir: Path) -> dict:
     fov = mridefacer_head.new_image_like((mridefacer_head.numpy() != 0).astype("float32"))
     brain_img = ants.image_read(str(templates / "mridefacer_head_tmpl_brain.nii.gz"))
     brain_img = (brain_img > 0).astype("float32")
-    reg = ants.registration(mridefacer_head, pydeface_head, type_of_transform="Affine",
-                            mask=fov, random_seed=1)
+    with random_seed(ants, 1):
+        reg = ants.registration(mridefacer_head, pydeface_head, type_of_transform="Affine",
+                                mask=fov, random_seed=1)
     warped = ants.apply_transforms(pydeface_head, brain_img, reg["invtransforms"],
                                    whichtoinvert=[True], interpolator="linear")
     brain = warped.numpy() > 0.5
@@ -142,9 +144,11 @@ def _fixed_image(head_path: Path):
 
 
 def _affine_registration(fixed, moving, seed: int):
-    return _ants().registration(fixed, moving, type_of_transform="Affine", random_seed=seed,
-                                aff_metric="mattes", aff_iterations=(1000, 500, 250),
-                                aff_shrink_factors=(6, 4, 2), aff_smoothing_sigmas=(3, 2, 1))
+    ants = _ants()
+    with random_seed(ants, seed):
+        return ants.registration(fixed, moving, type_of_transform="Affine", random_seed=seed,
+                                 aff_metric="mattes", aff_iterations=(1000, 500, 250),
+                                 aff_shrink_factors=(6, 4, 2), aff_smoothing_sigmas=(3, 2, 1))
 
 
 def register_brain_deformable(head_path: Path, template: dict, seed: int = 1):
@@ -160,9 +164,10 @@ def register_brain_deformable(head_path: Path, template: dict, seed: int = 1):
     fixed = _fixed_image(head_path)
     affine = _affine_registration(fixed, moving, seed)
     coarse = ants.resample_image(fixed, (2.0, 2.0, 2.0), False, 0) if min(fixed.spacing) < 1.9 else fixed
-    syn = ants.registration(coarse, moving, type_of_transform="SyNOnly",
-                            initial_transform=affine["fwdtransforms"][0], random_seed=seed,
-                            syn_metric="mattes", reg_iterations=(40, 20, 0))
+    with random_seed(ants, seed):
+        syn = ants.registration(coarse, moving, type_of_transform="SyNOnly",
+                                initial_transform=affine["fwdtransforms"][0], random_seed=seed,
+                                syn_metric="mattes", reg_iterations=(40, 20, 0))
     warped = ants.apply_transforms(fixed, masks["brain"], syn["fwdtransforms"], interpolator="linear")
     return (warped.numpy() > 0.5).astype(np.uint8), time.perf_counter() - start
 
