@@ -125,6 +125,11 @@ class Defacer:
 
         return deface(img, self)
 
+    def deface_with_details(self, img):
+        from deepdefacer.pipeline import deface_with_details
+
+        return deface_with_details(img, self)
+
 
 def read_card(path: Path) -> dict:
     """The model card beside a ``.keras`` file; it must state the grid the model was trained on.

@@ -25,6 +25,16 @@ def deface(img, defacer=None):
     Returns the defaced image (the input's header, dtype, scaling and affine; voxels
     outside the mask bit-identical) and the mask (uint8, 1 = removed) on the input grid.
     """
+    defaced, mask, _ = deface_with_details(img, defacer)
+    return defaced, mask
+
+
+def deface_with_details(img, defacer=None):
+    """``deface()``, plus what the provenance records about this image.
+
+    The details are ``{"AtlasGuard": {"Used", "Reason", "FaceOverlapML"}}`` with the atlas
+    guard on (whether its registration was trusted for this scan), else ``{}``.
+    """
     if defacer is None:
         from deepdefacer.model import default_defacer
 
@@ -39,7 +49,12 @@ def deface(img, defacer=None):
     mask = face_mask(prediction, defacer.face_threshold, defacer.brain_threshold,
                      defacer.brain_margin_mm, defacer.face_dilate_mm, defacer.growth_margin_mm,
                      defacer.edge_mm)
-    return apply_mask(img, raw, mask), mask_image(img, mask)
+    details = {}
+    if prediction.atlas is not None:
+        overlap = prediction.atlas.face_overlap_ml
+        details["AtlasGuard"] = {"Used": prediction.atlas.used, "Reason": prediction.atlas.reason,
+                                 "FaceOverlapML": None if overlap is None else round(overlap, 1)}
+    return apply_mask(img, raw, mask), mask_image(img, mask), details
 
 
 @dataclass
@@ -52,6 +67,7 @@ class Prediction:
     voxel_mm: float
     native_affine: np.ndarray
     native_shape: tuple
+    atlas: object = None  # deepdefacer.atlas.AtlasResult when the atlas guard ran
 
 
 def predict(data: np.ndarray, affine: np.ndarray, defacer, name: str = "<image>") -> Prediction:
@@ -67,7 +83,8 @@ def predict(data: np.ndarray, affine: np.ndarray, defacer, name: str = "<image>"
     if getattr(defacer, "atlas_guard", False):
         from deepdefacer.atlas import guard_prediction
 
-        prediction, _ = guard_prediction(prediction, data, affine, defacer.plan, name)
+        prediction, result = guard_prediction(prediction, data, affine, defacer.plan, name)
+        prediction.atlas = result
     return prediction
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -143,3 +144,37 @@ def test_the_registration_is_seeded(tmp_path):
                            capture_output=True, text=True, check=True).stdout.split() for _ in range(2)]
     assert runs[0] == runs[1]
     assert int(runs[0][1]) > 100  # a brain was registered, not an empty field
+
+
+def _guarded_run(tmp_path, name):
+    from bids_app_helpers import DEMO, copy_read_only
+
+    from deepdefacer.cli.run import main
+
+    dataset = copy_read_only(DEMO, tmp_path / f"in-{name}" / "ds-demo")
+    out = tmp_path / name
+    status = main([str(dataset), str(out), "participant", "--participant-label", "01", "--mask-from",
+                   "T1w", "--device", "cpu", "--quiet", "--atlas-guard"])
+    assert status == 0
+    sidecars = [json.loads(p.read_text())["Deepdefacer"] for p in sorted(out.rglob("sub-01_*.json"))
+                if "Deepdefacer" in json.loads(p.read_text())]
+    assert sidecars  # every defaced image and mask has its provenance
+    return [s["AtlasGuard"] for s in sidecars]
+
+
+def test_each_scans_guard_outcome_is_in_its_provenance(guarded, tmp_path, monkeypatch, capsys):
+    """Whether the registration was trusted is per scan: it goes into the provenance, and a scan
+    whose registration was not trusted is flagged for review in the run's summary."""
+    from deepdefacer import atlas
+
+    trusted = _guarded_run(tmp_path, "trusted")
+    assert all(g["Used"] and g["Reason"] == "used" and g["FaceOverlapML"] < 20 for g in trusted)
+    assert "atlas guard not used" not in capsys.readouterr().err
+
+    # A registration that lands the brain over the whole cube (so over the face) is not trusted.
+    monkeypatch.setattr(atlas, "register_brain",
+                        lambda data, affine, cube_affine, plan: np.ones(plan.shape, np.float32))
+    rejected = _guarded_run(tmp_path, "rejected")
+    assert all(not g["Used"] and "not trusted" in g["Reason"] and g["FaceOverlapML"] > 20 for g in rejected)
+    err = capsys.readouterr().err
+    assert "atlas guard not used" in err and "QC flagged" in err

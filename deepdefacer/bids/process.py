@@ -113,7 +113,7 @@ def process_job(job: Job, settings: Settings, defacer=None) -> JobResult:
         if not settings.overwrite and outputs.is_up_to_date(planned, settings.layout, expected):
             result.scans = [ScanResult(scan.relpath, SKIPPED, "up to date") for scan in job.scans]
             return result
-        reference_defaced, reference_mask_img = defacer.deface(reference_img)
+        reference_defaced, reference_mask_img, details = defacer.deface_with_details(reference_img)
     except ModelLoadError:
         raise
     except Exception as exc:  # InputError or an unexpected failure: the whole job fails
@@ -132,6 +132,7 @@ def process_job(job: Job, settings: Settings, defacer=None) -> JobResult:
             "Model": defacer.model_name,
             "ModelSHA256": defacer.model_sha256,
             "Decision": defacer.decision,
+            **details,
             "InputSHA256": relpath_sha256,
             "MaskSource": mask_source,
             "MaskSourceSHA256": input_sha256[reference.relpath],
@@ -191,12 +192,22 @@ def process_job(job: Job, settings: Settings, defacer=None) -> JobResult:
             continue
         for out, img, mask in done:
             qc_flags = run_qc(out, img, mask, settings) if settings.qc else []
+            qc_flags += atlas_flags(details)
             result.scans.append(ScanResult(
                 out.scan.relpath, DEFACED,
                 f"{100.0 * float(mask.mean()):.1f}% of voxels removed"
                 + ("" if out.scan == reference else f" (mask of {reference.relpath})"),
                 seconds=time.monotonic() - start, qc_flags=qc_flags))
     return result
+
+
+def atlas_flags(details: dict) -> list:
+    """A flag for a scan whose atlas guard was asked for but not used (its brain is then
+    guarded by the network alone, the path that lost brain on 3 of 48 scans)."""
+    guard = details.get("AtlasGuard")
+    if not guard or guard["Used"]:
+        return []
+    return [f"atlas guard not used ({guard['Reason']}): only the network's brain guard applied"]
 
 
 def run_qc(scan_output, img, mask, settings: Settings) -> list:
