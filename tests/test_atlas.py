@@ -178,3 +178,7 @@ def test_each_scans_guard_outcome_is_in_its_provenance(guarded, tmp_path, monkey
     assert all(not g["Used"] and "not trusted" in g["Reason"] and g["FaceOverlapML"] > 20 for g in rejected)
     err = capsys.readouterr().err
     assert "atlas guard not used" in err and "QC flagged" in err
+    # ... and in the QC verdicts, which the group level's report is made from.
+    verdicts = [json.loads(p.read_text()) for p in (tmp_path / "rejected").rglob("figures/*.json")]
+    assert verdicts and all(v["verdict"] == "flag" and any("atlas guard not used" in f for f in v["flags"])
+                            for v in verdicts)

@@ -191,8 +191,8 @@ def process_job(job: Job, settings: Settings, defacer=None) -> JobResult:
                                         details=failure.details) for out, _, _ in done]
             continue
         for out, img, mask in done:
-            qc_flags = run_qc(out, img, mask, settings) if settings.qc else []
-            qc_flags += atlas_flags(details)
+            flags = atlas_flags(details)
+            qc_flags = run_qc(out, img, mask, settings, flags) if settings.qc else flags
             result.scans.append(ScanResult(
                 out.scan.relpath, DEFACED,
                 f"{100.0 * float(mask.mean()):.1f}% of voxels removed"
@@ -210,28 +210,29 @@ def atlas_flags(details: dict) -> list:
     return [f"atlas guard not used ({guard['Reason']}): only the network's brain guard applied"]
 
 
-def run_qc(scan_output, img, mask, settings: Settings) -> list:
+def run_qc(scan_output, img, mask, settings: Settings, extra_flags=()) -> list:
     """QC figures and verdict of one defaced scan (deepdefacer.qc), in sub-<label>/figures/.
 
     Only for the derivatives layout: an upload-ready copy must hold nothing but the dataset.
     A QC problem is reported as a flag; it never fails the scan, whose outputs are complete.
+    ``extra_flags`` (from the defacing) are returned in any case, and written into the verdict.
     """
     if settings.layout != "derivatives":
-        return []
+        return list(extra_flags)
     try:
         import nibabel as nib
 
         from deepdefacer.qc.participant import qc_scan
     except ImportError:
-        return []
+        return list(extra_flags)
     scan = scan_output.scan
     try:
         verdict = qc_scan(img, nib.load(scan_output.image), mask_image_like(mask, img),
                           Path(settings.output_dir) / scan.relpath.split("/")[0],
                           stem=split_extension(scan.path)[0],
-                          source=scan.relpath)
+                          source=scan.relpath, extra_flags=extra_flags)
     except Exception as exc:  # QC must never cost the user a defaced scan
-        return [f"QC could not run ({type(exc).__name__}: {exc})"]
+        return [f"QC could not run ({type(exc).__name__}: {exc})", *extra_flags]
     return list(verdict.get("flags", [])) if verdict.get("verdict") == "flag" else []
 
 

@@ -29,11 +29,13 @@ SLICES_SUFFIX = "_desc-qc_slices.png"
 PANEL_HEIGHT_PX = 260
 
 
-def qc_scan(original_img, defaced_img, mask_img, out_dir, stem: str, source: str | None = None) -> dict:
+def qc_scan(original_img, defaced_img, mask_img, out_dir, stem: str, source: str | None = None,
+            extra_flags=()) -> dict:
     """Render, check and write the QC of one scan. mask_img: 1 = removed.
 
     Verdict "pass" or "flag"; "flag" lists every reason (face still present,
-    brain reached, implausible mask). Never raises on odd geometry: a check
+    brain reached, implausible mask, and ``extra_flags`` from the defacing itself, such as
+    an atlas guard that was not used). Never raises on odd geometry: a check
     that cannot run says so in "notes".
     """
     started = time.perf_counter()
@@ -56,6 +58,7 @@ def qc_scan(original_img, defaced_img, mask_img, out_dir, stem: str, source: str
     if face_after.face_present:
         flags.append(f"face still present: {face_after.reason}")
     flags.extend(mask_result.pop("flags"))
+    flags.extend(extra_flags)
     notes = mask_result.pop("notes")
     if not face_before.face_present:
         notes.append(f"no face found on the original ({face_before.reason}); the face check cannot be "
