@@ -34,7 +34,7 @@ log = logging.getLogger("deepdefacer")
 ATLAS_NAME = "atlas_pydeface_3mm.npz"
 ATLAS_MM = 3.0
 MAX_FACE_OVERLAP_ML = 20.0
-ITERATIONS = (200, 50)  # at 6 mm, then 3 mm (the 3 mm level stops converging after ~25-70)
+ITERATIONS = (200, 50)  # at 6 mm, then 3 mm (where it converges after ~25-70 iterations)
 SEED = 1
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
