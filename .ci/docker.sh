@@ -158,16 +158,17 @@ run_container() {
     || die "the container exited with $?"
 }
 
-# The optional atlas guard works inside the image (antspyx from the `atlas` extra): one scan, output
-# to the container's tmpfs; the run must succeed and report what it removed.
+# The atlas guard (the default since stop 15; antspyx is a core dependency) works inside the image:
+# one scan with the default settings, output to the container's tmpfs; the run must succeed and
+# report what it removed.
 run_atlas_guard() {
   local scan out
   scan=$(cd "$work_dir/input" && find . -name '*_T1w.nii.gz' | sort | head -n 1)
   out=$(docker run --rm --network none --read-only --tmpfs /tmp --user "$run_uid:$run_gid" \
     --volume "$work_dir/input:/data/bids:ro" --entrypoint /opt/deepdefacer/bin/deepdeface \
-    "$image" "/data/bids/${scan#./}" -o /tmp/defaced.nii.gz --atlas-guard --device cpu 2>&1) \
-    || { echo "$out" >&2; die "deepdeface --atlas-guard in the container exited with an error"; }
-  echo "$out" | grep -q "of voxels removed" || { echo "$out" >&2; die "deepdeface --atlas-guard: no result"; }
+    "$image" "/data/bids/${scan#./}" -o /tmp/defaced.nii.gz --device cpu 2>&1) \
+    || { echo "$out" >&2; die "deepdeface (atlas guard on) in the container exited with an error"; }
+  echo "$out" | grep -q "of voxels removed" || { echo "$out" >&2; die "deepdeface (atlas guard on): no result"; }
   say "atlas guard in the container: $(echo "$out" | grep "of voxels removed")"
 }
 

@@ -1,19 +1,20 @@
-"""An optional second brain guard: an average brain registered to the scan (``--atlas-guard``).
+"""A second brain guard: an average brain registered to the scan (on by default since stop 15;
+``--no-atlas-guard`` turns it off).
 
 The network's brain output is the guard that keeps every voxel near the brain. On a few
 heads it falls short (model v9: the frontal base of the most chin-down elderly head,
 ``Subj7_T1``, 10-20 mm short; a 6 mm T2w), and the face region's growth then reaches
 the brain. This guard registers an average head (pydeface's ``mean_reg2mean``, MIT) to
-the scan with an affine (antspyx, Mattes mutual information, so any contrast; at 3 mm,
-two levels) and carries its brain (mridefacer's ``head_tmpl_brain``, MIT, on pydeface's
+the scan with an affine (antspyx, Mattes mutual information, so any contrast; two
+starts at 6 mm, the better one refined at 3 mm) and carries its brain (mridefacer's ``head_tmpl_brain``, MIT, on pydeface's
 grid) onto the model's cube. The guard then protects the union of both brains.
 
 A registration can fail (a cropped block, a scan far from an average head). A
 registered brain that covers more than ``MAX_FACE_OVERLAP_ML`` of the network's face is
 not trusted: the network's brain alone is used and the reason is logged.
 
-Needs the ``atlas`` extra (``pip install 'deepdefacer[atlas]'``: antspyx); on 2 cores it
-adds ~3-4.5 s a scan (docs/model.md). The registration is seeded (``random_seed``); reruns
+Needs antspyx (a core dependency since stop 15); on 2 cores it adds ~2-4 s a scan
+(docs/model.md, docs/benchmark.md). The registration is seeded (``random_seed``); reruns
 are bit-identical with one ITK thread. The atlas travels in the package
 (``models/atlas_pydeface_3mm.npz``, made by ``python -m deepdefacer.train.atlas``).
 """
@@ -35,6 +36,8 @@ ATLAS_NAME = "atlas_pydeface_3mm.npz"
 ATLAS_MM = 3.0
 MAX_FACE_OVERLAP_ML = 20.0
 ITERATIONS = (200, 50)  # at 6 mm, then 3 mm (where it converges after ~25-70 iterations)
+RIGID_ITERATIONS = 200  # the second start at 6 mm: rigid, then AFTER_RIGID_ITERATIONS of affine
+AFTER_RIGID_ITERATIONS = 100
 SEED = 1
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -49,13 +52,15 @@ class AtlasResult:
     used: bool
     reason: str
     face_overlap_ml: float | None = None
+    start: str | None = None  # which of the two 6 mm fits was refined ("direct" or "rigid first")
 
 
 def require_ants():
     try:
         import ants
     except ImportError as exc:
-        raise AtlasUnavailable("the atlas guard needs antspyx: pip install 'deepdefacer[atlas]'") from exc
+        raise AtlasUnavailable("the atlas guard needs antspyx, a dependency of deepdefacer: "
+                               "pip install antspyx") from exc
     return ants
 
 
@@ -103,12 +108,20 @@ def load_atlas() -> dict:
 
 
 def register_brain(data: np.ndarray, affine: np.ndarray, cube_affine: np.ndarray, plan,
-                   seed: int = SEED) -> np.ndarray:
+                   seed: int = SEED, fit: dict | None = None) -> np.ndarray:
     """The atlas brain registered to the scan, as a probability on the cube's grid.
 
-    The registration starts from the shift that puts the atlas's head where ``conform``
-    puts any head (centred left-right and front-back, hanging from the top of the head),
-    not from the centres of mass, which a neck in the field of view pulls down.
+    Both fits start from the shift that puts the atlas's head where ``conform`` puts any
+    head (centred left-right and front-back, hanging from the top of the head), not from
+    the centres of mass, which a neck in the field of view pulls down. An affine fit has
+    more than one optimum on some heads, and which one it reaches depended on the seed
+    (stop 14: a brain 1-2 cm forward, over both eyes, on 2 of 48 scans with some seeds).
+    So at 6 mm two fits are made: the affine directly, and a rigid fit first with the
+    affine after it. The one whose warped atlas correlates better with the scan (ITK's
+    correlation metric, squared: either sign of contrast) is refined at 3 mm. Neither
+    start alone is right on every head (a rigid start misses the pose of the most
+    chin-down head, ``Subj7_T1``); the choice was right on all 48 scans with 3 seeds
+    (docs/model.md). ``fit``, when given, receives the chosen start and both similarities.
     """
     import tempfile
 
@@ -133,12 +146,26 @@ def register_brain(data: np.ndarray, affine: np.ndarray, cube_affine: np.ndarray
     with tempfile.TemporaryDirectory(prefix="deepdefacer-atlas-") as tmp, random_seed(ants, seed):
         start_file = f"{tmp}/start.mat"
         ants.write_transform(start, start_file)
-        reg = ants.registration(fixed, moving, type_of_transform="Affine", random_seed=seed,
-                                initial_transform=[start_file], outprefix=f"{tmp}/reg_",
-                                aff_metric="mattes", aff_iterations=ITERATIONS,
-                                aff_shrink_factors=(2, 1), aff_smoothing_sigmas=(1, 0))
+
+        def affine_fit(kind, initial, iterations, name, shrink=2, sigma=1):
+            return ants.registration(fixed, moving, type_of_transform=kind, random_seed=seed,
+                                     initial_transform=initial, outprefix=f"{tmp}/{name}_",
+                                     aff_metric="mattes", aff_iterations=(iterations,),
+                                     aff_shrink_factors=(shrink,), aff_smoothing_sigmas=(sigma,))
+
+        rigid = affine_fit("Rigid", [start_file], RIGID_ITERATIONS, "rigid")
+        candidates = {"direct": affine_fit("Affine", [start_file], ITERATIONS[0], "direct"),
+                      "rigid first": affine_fit("Affine", rigid["fwdtransforms"], AFTER_RIGID_ITERATIONS,
+                                                "after_rigid")}
+        similarity = {name: float(ants.image_similarity(fixed, reg["warpedmovout"], metric_type="Correlation"))
+                      for name, reg in candidates.items()}
+        chosen = min(similarity, key=similarity.get)  # ITK's metrics are lower for better fits
+        final = affine_fit("Affine", candidates[chosen]["fwdtransforms"], ITERATIONS[1], "final",
+                           shrink=1, sigma=0)
         brain = ants.apply_transforms(cube, ants_image(ants, atlas["brain"], atlas["affine"]),
-                                      reg["fwdtransforms"], interpolator="linear")
+                                      final["fwdtransforms"], interpolator="linear")
+    if fit is not None:
+        fit.update(start=chosen, similarity={k: round(v, 4) for k, v in similarity.items()})
     return np.clip(brain.numpy(), 0, 1).astype(np.float32)
 
 
@@ -161,9 +188,11 @@ def atlas_guard(face: np.ndarray, brain_fn, voxel_mm: float,
 
 def guard_prediction(prediction, data: np.ndarray, affine: np.ndarray, plan, name: str = "<image>"):
     """``prediction`` with the atlas brain merged into its brain (maximum), and the result."""
+    fit: dict = {}
     result = atlas_guard(prediction.face,
-                         lambda: register_brain(data, affine, prediction.cube_affine, plan),
+                         lambda: register_brain(data, affine, prediction.cube_affine, plan, fit=fit),
                          prediction.voxel_mm)
+    result.start = fit.get("start")
     if not result.used:
         log.warning("%s: atlas guard not used (%s); the network's brain guard alone applies",
                     name, result.reason)

@@ -67,7 +67,7 @@ class Defacer:
     growth_margin_mm: float | None = None
     edge_mm: float = 0.0
     mirror_average: bool = False
-    atlas_guard: bool = False
+    atlas_guard: bool = True  # deepdefacer.atlas: on by default since stop 15
     device: str = "cpu"
     card: dict = field(default_factory=dict)
     _sha256: str | None = None

@@ -32,7 +32,7 @@ def deface(img, defacer=None):
 def deface_with_details(img, defacer=None):
     """``deface()``, plus what the provenance records about this image.
 
-    The details are ``{"AtlasGuard": {"Used", "Reason", "FaceOverlapML"}}`` with the atlas
+    The details are ``{"AtlasGuard": {"Used", "Reason", "FaceOverlapML", "Start"}}`` with the atlas
     guard on (whether its registration was trusted for this scan), else ``{}``.
     """
     if defacer is None:
@@ -53,7 +53,8 @@ def deface_with_details(img, defacer=None):
     if prediction.atlas is not None:
         overlap = prediction.atlas.face_overlap_ml
         details["AtlasGuard"] = {"Used": prediction.atlas.used, "Reason": prediction.atlas.reason,
-                                 "FaceOverlapML": None if overlap is None else round(overlap, 1)}
+                                 "FaceOverlapML": None if overlap is None else round(overlap, 1),
+                                 "Start": prediction.atlas.start}
     return apply_mask(img, raw, mask), mask_image(img, mask), details
 
 

@@ -1,4 +1,5 @@
-"""The optional atlas guard (--atlas-guard): an average brain registered to the scan also guards."""
+"""The atlas guard (on by default since stop 15; --no-atlas-guard turns it off): an average brain
+registered to the scan also guards."""
 
 from __future__ import annotations
 
@@ -57,45 +58,74 @@ def test_atlas_guard_without_antspyx_is_a_clear_error(monkeypatch, capsys, tmp_p
 
     monkeypatch.setitem(sys.modules, "ants", None)  # import ants -> ImportError
     monkeypatch.setattr(process, "_defacers", {})
-    with pytest.raises(process.ModelLoadError, match=r"antspyx.*deepdefacer\[atlas\]"):
+    with pytest.raises(process.ModelLoadError, match=r"antspyx.*--no-atlas-guard"):
         process.get_defacer("cpu", atlas_guard=True)
     source = REPO / "examples" / "ds-demo" / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_T1w.nii.gz"
     out = tmp_path / "out.nii.gz"
-    assert main([str(source), "-o", str(out), "--atlas-guard", "--device", "cpu"]) == 1
-    assert "antspyx" in capsys.readouterr().err
+    assert main([str(source), "-o", str(out), "--device", "cpu"]) == 1  # the guard is the default
+    err = capsys.readouterr().err
+    assert "antspyx" in err and "--no-atlas-guard" in err
     assert not out.exists()
+    # The network's guard alone needs no antspyx.
+    assert main([str(source), "-o", str(out), "--no-atlas-guard", "--device", "cpu"]) == 0
+    assert out.exists()
 
 
 @pytest.fixture(scope="module")
-def guarded():
+def guarded(defacer):
     pytest.importorskip("ants")
-    from deepdefacer.model import load_defacer
-
-    defacer = load_defacer("cpu")
-    defacer.atlas_guard = True
+    assert defacer.atlas_guard  # the default
     return defacer
 
 
-def test_the_guard_is_recorded_in_the_provenance_only_when_on(guarded, defacer):
+@pytest.fixture(scope="module")
+def network():
+    """The network's brain guard alone (--no-atlas-guard)."""
+    from deepdefacer.model import load_defacer
+
+    defacer = load_defacer("cpu")
+    defacer.atlas_guard = False
+    return defacer
+
+
+def test_the_guard_is_recorded_in_the_provenance_only_when_on(guarded, network):
     assert guarded.decision["AtlasBrainGuard"] is True
-    assert "AtlasBrainGuard" not in defacer.decision  # outputs made without it stay up to date
+    assert "AtlasBrainGuard" not in network.decision  # outputs made without it (before stop 15) match
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data not found at {SHARED}")
 @pytest.mark.parametrize("name", ["Subj7_T1", "ixi002_t2_6mm", "Subj1_T1"])
-def test_atlas_guard_keeps_the_brain_the_network_misses(defacer, guarded, name):
+def test_atlas_guard_keeps_the_brain_the_network_misses(network, guarded, name):
     """Subj7_T1 (the most chin-down elderly head) and the 6 mm T2w lose brain with the
     network's guard alone (model v9); with the atlas they keep it and still lose the face.
     Subj1_T1's registration is wrong (its brain covers the face) and is not used."""
     from deepdefacer.train.evaluate import LANDMARK_NAMES, evaluate_head, passes
 
     path = next(SHARED.rglob(f"{name}.nii*"))
-    alone = evaluate_head(path, LABELS, defacer)
+    alone = evaluate_head(path, LABELS, network)
     row = evaluate_head(path, LABELS, guarded)
     detail = {k: row[k] for k in ("face_removed", "brain_removed_voxels", *LANDMARK_NAMES)}
     assert passes(row), detail
     if name != "Subj1_T1":
         assert alone["brain_removed_voxels"] > 500  # the case the guard is for
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data not found at {SHARED}")
+@pytest.mark.parametrize("name", ["IXI329-HH-1908_T1", "Subj1_FL"])
+def test_a_fit_that_slides_over_the_eyes_is_not_chosen(guarded, monkeypatch, name):
+    """With seed 2 the direct affine fit of these two heads lands the atlas brain 1-2 cm
+    forward, over both eyes, and they kept their eyes (stop 14). Of the two 6 mm fits the one
+    whose warped atlas correlates better with the scan is refined, and both eyes go."""
+    import functools
+
+    from deepdefacer import atlas
+    from deepdefacer.train.evaluate import LANDMARK_NAMES, evaluate_head, passes
+
+    monkeypatch.setattr(atlas, "register_brain", functools.partial(atlas.register_brain, seed=2))
+    path = next(SHARED.rglob(f"{name}.nii*"))
+    row = evaluate_head(path, LABELS, guarded)
+    detail = {k: row[k] for k in ("face_removed", "brain_removed_voxels", *LANDMARK_NAMES)}
+    assert row["eye_left"] and row["eye_right"] and passes(row), detail
 
 
 def test_registration_leaves_no_files_behind(guarded, tmp_path, monkeypatch):
@@ -169,13 +199,15 @@ def test_each_scans_guard_outcome_is_in_its_provenance(guarded, tmp_path, monkey
 
     trusted = _guarded_run(tmp_path, "trusted")
     assert all(g["Used"] and g["Reason"] == "used" and g["FaceOverlapML"] < 20 for g in trusted)
+    assert all(g["Start"] in ("direct", "rigid first") for g in trusted)  # which 6 mm fit was refined
     assert "atlas guard not used" not in capsys.readouterr().err
 
     # A registration that lands the brain over the whole cube (so over the face) is not trusted.
     monkeypatch.setattr(atlas, "register_brain",
-                        lambda data, affine, cube_affine, plan: np.ones(plan.shape, np.float32))
+                        lambda data, affine, cube_affine, plan, **_: np.ones(plan.shape, np.float32))
     rejected = _guarded_run(tmp_path, "rejected")
     assert all(not g["Used"] and "not trusted" in g["Reason"] and g["FaceOverlapML"] > 20 for g in rejected)
+    assert all(g["Start"] is None for g in rejected)
     err = capsys.readouterr().err
     assert "atlas guard not used" in err and "QC flagged" in err
     # ... and in the QC verdicts, which the group level's report is made from.

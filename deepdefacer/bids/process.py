@@ -35,7 +35,7 @@ class Settings:
     layout: str = "derivatives"
     overwrite: bool = False
     device: str = "auto"
-    atlas_guard: bool = False  # also guard an average brain registered to each scan
+    atlas_guard: bool = True  # also guard an average brain registered to each scan (--no-atlas-guard: off)
     command_line: str = ""
     qc: bool = True  # per-scan QC figures and verdict (derivatives layout)
 
@@ -62,7 +62,7 @@ class JobResult:
 _defacers: dict = {}
 
 
-def get_defacer(device: str, atlas_guard: bool = False):
+def get_defacer(device: str, atlas_guard: bool = True):
     key = (device, atlas_guard)
     if key not in _defacers:
         if atlas_guard:
@@ -72,7 +72,8 @@ def get_defacer(device: str, atlas_guard: bool = False):
                 require_ants()
                 load_atlas()
             except (AtlasUnavailable, OSError) as exc:
-                raise ModelLoadError(f"--atlas-guard: {exc}") from exc
+                raise ModelLoadError(f"the atlas guard: {exc} (or --no-atlas-guard: the network's "
+                                     "brain guard alone)") from exc
         try:
             from deepdefacer.model import load_defacer
 

@@ -38,9 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="co-registered scans of the same session to deface with INPUT's "
                              "mask; each becomes OTHER_defaced.nii.gz")
     parser.add_argument("--device", choices=DEVICES, default="auto")
-    parser.add_argument("--atlas-guard", action="store_true",
+    parser.add_argument("--atlas-guard", action=argparse.BooleanOptionalAction, default=True,
                         help="also keep everything near an average brain registered to the scan "
-                             "(needs antspyx: pip install 'deepdefacer[atlas]'; ~3-4.5 s more)")
+                             "(default: on; ~2-4 s on 2 cores). --no-atlas-guard: the network's "
+                             "brain guard alone, ~4x faster")
     parser.add_argument("-f", "--force", "--overwrite", action="store_true",
                         help="replace existing output files")
     parser.add_argument("--verbose", action="store_true", help="tracebacks of unexpected errors")
@@ -82,7 +83,7 @@ def main(argv=None) -> int:
     except Exception as exc:
         from deepdefacer.bids.process import ModelLoadError
 
-        if isinstance(exc, ModelLoadError):  # e.g. --atlas-guard without antspyx
+        if isinstance(exc, ModelLoadError):  # e.g. the atlas guard without antspyx
             print(f"deepdeface: {exc}", file=sys.stderr)
             return EXIT_SCANS_FAILED
         if args.verbose:
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
 
 
 def deface_files(input_path: Path, output: Path, mask_out, others, device: str,
-                 atlas_guard: bool = False) -> int:
+                 atlas_guard: bool = True) -> int:
     """Deface input_path, then every (other, output) pair with the same mask."""
     from deepdefacer.bids.process import get_defacer
     from deepdefacer.io import (load_image, mask_image_like, write_image,

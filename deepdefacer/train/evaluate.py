@@ -214,8 +214,9 @@ def main(argv=None) -> int:
     parser.add_argument("--edge-mm", type=float, help="override the model card's")
     parser.add_argument("--mirror-average", action=argparse.BooleanOptionalAction,
                         help="average the prediction with its left-right mirror's (override the card's)")
-    parser.add_argument("--atlas-guard", action="store_true",
-                        help="also guard an average brain registered to each scan (deepdefacer.atlas)")
+    parser.add_argument("--atlas-guard", action=argparse.BooleanOptionalAction, default=True,
+                        help="also guard an average brain registered to each scan (deepdefacer.atlas; "
+                             "default: on, as the product; --no-atlas-guard: the network alone)")
     parser.add_argument("--write-card", action="store_true",
                         help="store the decision parameters used and these metrics in the model card")
     args = parser.parse_args(argv)
@@ -224,10 +225,9 @@ def main(argv=None) -> int:
                  "growth_margin_mm", "edge_mm", "mirror_average"):
         if getattr(args, name) is not None:
             setattr(defacer, name, getattr(args, name))
-    if args.atlas_guard:
-        if args.write_card:
-            parser.error("--write-card records the model's own decision: not with --atlas-guard")
-        defacer.atlas_guard = True
+    if args.atlas_guard and args.write_card:
+        parser.error("--write-card records the model's own decision: use it with --no-atlas-guard")
+    defacer.atlas_guard = args.atlas_guard
     parts = split()
     rows = []
     print("set\thead\tface_removed\teyes\tnose\tmouth\tbrain_removed\t(affine brain)\tdice\tseconds\tpass")
