@@ -6,8 +6,8 @@ heads it falls short (model v9: the frontal base of the most chin-down elderly h
 ``Subj7_T1``, 10-20 mm short; a 6 mm T2w), and the face region's growth then reaches
 the brain. This guard registers an average head (pydeface's ``mean_reg2mean``, MIT) to
 the scan with an affine (antspyx, Mattes mutual information, so any contrast; two
-starts at 6 mm, the better one refined at 3 mm) and carries its brain (mridefacer's ``head_tmpl_brain``, MIT, on pydeface's
-grid) onto the model's cube. The guard then protects the union of both brains.
+starts at 6 mm, the better one refined at 3 mm) and carries its brain (mridefacer's
+``head_tmpl_brain``, MIT, on pydeface's grid) onto the model's cube. The guard then protects the union of both brains.
 
 A registration can fail (a cropped block, a scan far from an average head). A
 registered brain that covers more than ``MAX_FACE_OVERLAP_ML`` of the network's face is

@@ -72,8 +72,8 @@ def get_defacer(device: str, atlas_guard: bool = True):
                 require_ants()
                 load_atlas()
             except (AtlasUnavailable, OSError) as exc:
-                raise ModelLoadError(f"the atlas guard: {exc} (or --no-atlas-guard: the network's "
-                                     "brain guard alone)") from exc
+                what = exc if isinstance(exc, AtlasUnavailable) else f"the atlas guard cannot read its atlas: {exc}"
+                raise ModelLoadError(f"{what} (or --no-atlas-guard: the network's brain guard alone)") from exc
         try:
             from deepdefacer.model import load_defacer
 
