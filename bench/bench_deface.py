@@ -59,7 +59,8 @@ REQUIREMENTS_2019 = ["tensorflow-cpu==2.21.0", "keras==3.15.1", "nibabel==5.4.2"
 REFERENCE = "colin27_t1w_256x256x176"
 DEFAULT_HEADS = ["chris_t1w", "chris_pdw", "ixi002_t2_6mm", "t1w_head_ext2"]
 TARGETS = {"deface_seconds": 5.0, "predict_seconds": 3.0, "peak_gb": 3.0, "speedup_vs_2019": 10.0}
-METHODS = ("ours", "ours-network", "deepdefacer-2.1.2", "pydeface-ants")
+OURS = ("ours", "ours-network")  # with the atlas guard (the default) and without it
+METHODS = OURS + ("deepdefacer-2.1.2", "pydeface-ants")
 BASELINES = ("deepdefacer-2.1.2", "pydeface-ants")  # the speed ratios are theirs / ours
 
 
@@ -272,7 +273,7 @@ def summarise(method: str, worker: dict, measured: dict) -> dict:
     """Comparable numbers: ``seconds`` = file in -> defaced file out, model loading excluded."""
     row = {"method": method, "repeats": worker["repeats"], "peak_rss_mb": round(measured["peak_rss_mb"], 1),
            "process_wall_seconds": round(measured["wall_seconds"], 2)}
-    if method in ("ours", "ours-network"):
+    if method in OURS:
         row.update(seconds=median(worker["file_seconds"]), deface_seconds=median(worker["deface_seconds"]),
                    model_seconds=median(worker["predict_seconds"]),
                    first_deface_seconds=worker["first_deface_seconds"],
@@ -359,7 +360,7 @@ def run(args) -> int:
             tag = f"{name}.{method}"
             out_json = work / "out" / f"{tag}.json"
             out_json.unlink(missing_ok=True)
-            if method in ("ours", "ours-network"):
+            if method in OURS:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "ours", "--scan", str(path),
                        "--repeats", str(args.repeats), "--model", model,
                        "--mask-out", str(work / "out" / f"{tag}.mask.nii.gz"), "--json", str(out_json)]
@@ -387,7 +388,7 @@ def run(args) -> int:
             worker = json.loads(out_json.read_text())
             row.update(summarise(method, worker, measured))
             row["versions"] = worker.get("versions")
-            if method in ("ours", "ours-network"):
+            if method in OURS:
                 row["model"] = worker["model"]
                 row["model_sha256"] = worker["model_sha256"]
             removed = load_removed(method, worker, shape)
@@ -567,7 +568,7 @@ def markdown(report) -> str:
         if "error" in r:
             lines.append(f"| {head} | {r['method']} | – | failed: {r['error']} | | | | | | | |")
             continue
-        if r["method"] in ("ours", "ours-network"):
+        if r["method"] in OURS:
             core = r["deface_seconds"]
         elif r["method"] == "deepdefacer-2.1.2":
             core = r["seconds_with_model_load"]
