@@ -112,13 +112,14 @@ MIN_HEAD_MM = 100.0
 ASSUMED_HEAD_MM = 200.0
 
 
-def plausible_affine(data: np.ndarray, affine: np.ndarray):
+def plausible_affine(data: np.ndarray, affine: np.ndarray, box=None):
     """The affine to use for the model, and the scale applied to the header's voxel sizes.
 
     When the head would be implausibly small, the voxel sizes are scaled (about the head's
     centre) so that it spans ``ASSUMED_HEAD_MM``; the output keeps the original header.
+    ``box``: ``head_box_ras(data, affine)`` when the caller already has it.
     """
-    box_min, box_max = head_box_ras(data, affine)
+    box_min, box_max = head_box_ras(data, affine) if box is None else box
     extent = float(np.max(box_max - box_min))
     if extent >= MIN_HEAD_MM:
         return np.asarray(affine, float), 1.0
@@ -215,10 +216,14 @@ def normalise(cube: np.ndarray) -> np.ndarray:
     return np.clip((cube - low) / (high - low), 0.0, 1.5).astype(np.float32)
 
 
-def conform(data: np.ndarray, affine: np.ndarray, plan: GridPlan) -> Conformed:
-    """Native scan -> normalised canonical cube (RAS axes, fixed voxel size)."""
+def conform(data: np.ndarray, affine: np.ndarray, plan: GridPlan, box=None) -> Conformed:
+    """Native scan -> normalised canonical cube (RAS axes, fixed voxel size).
+
+    ``box``: ``head_box_ras(data, affine)`` when the caller already has it (it is ~0.1 s of
+    a 1 mm scan's ~0.6 s without the atlas guard).
+    """
     data = np.asarray(data, dtype=np.float32)
-    box_min, box_max = head_box_ras(data, affine)
+    box_min, box_max = head_box_ras(data, affine) if box is None else box
     target = cube_affine(box_min, box_max, plan)
     reduced, reduced_affine = block_reduce(data, affine, plan.voxel_mm)
     cube = resample(reduced, reduced_affine, target, plan.shape, order=1,

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from deepdefacer.conform import (ASSUMED_HEAD_MM, conform, native_box, plausible_affine,
-                                 to_native, voxel_sizes)
+from deepdefacer.conform import (ASSUMED_HEAD_MM, conform, head_box_ras, native_box,
+                                 plausible_affine, to_native, voxel_sizes)
 from deepdefacer.errors import InputError
 
 log = logging.getLogger("deepdefacer")
@@ -40,12 +40,14 @@ def deface_with_details(img, defacer=None):
 
         defacer = default_defacer()
     raw, data = image_data(img)
-    affine, scale = plausible_affine(data, img.affine)
+    box = head_box_ras(data, img.affine)
+    affine, scale = plausible_affine(data, img.affine, box)
     if scale != 1.0:
         log.warning("%s: the head is only %.0f mm across with the header's voxel sizes; "
                     "assuming they are %.1fx too small", img.get_filename() or "<image>",
                     ASSUMED_HEAD_MM / scale, scale)
-    prediction = predict(data, affine, defacer, name=img.get_filename() or "<image>")
+    prediction = predict(data, affine, defacer, name=img.get_filename() or "<image>",
+                         box=box if scale == 1.0 else None)
     mask = face_mask(prediction, defacer.face_threshold, defacer.brain_threshold,
                      defacer.brain_margin_mm, defacer.face_dilate_mm, defacer.growth_margin_mm,
                      defacer.edge_mm)
@@ -71,13 +73,16 @@ class Prediction:
     atlas: object = None  # deepdefacer.atlas.AtlasResult when the atlas guard ran
 
 
-def predict(data: np.ndarray, affine: np.ndarray, defacer, name: str = "<image>") -> Prediction:
+def predict(data: np.ndarray, affine: np.ndarray, defacer, name: str = "<image>",
+            box=None) -> Prediction:
     """Conform the scan and run the model (the only step that needs TensorFlow).
+
+    ``box``: the head's RAS box on ``affine`` (``head_box_ras``) when the caller has it.
 
     With the defacer's ``atlas_guard`` the brain is also the atlas brain registered to the
     scan, where that registration can be trusted (``deepdefacer.atlas``).
     """
-    conformed = conform(data, affine, defacer.plan)
+    conformed = conform(data, affine, defacer.plan, box)
     face_cube, brain_cube = defacer.predict(conformed.array)
     prediction = Prediction(face_cube, brain_cube, conformed.affine_ras, defacer.plan.voxel_mm,
                             affine, tuple(data.shape))
