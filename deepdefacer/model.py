@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deepdefacer.atlas import BRAIN_GAIN as ATLAS_BRAIN_GAIN
 from deepdefacer.conform import GridPlan
 
 DEFAULT_MODEL = "deepdefacer_unet_v9"
@@ -85,7 +86,8 @@ class Defacer:
                                         else self.growth_margin_mm),
                 "FieldOfViewEdgeMM": self.edge_mm, "LeftRightMirrorAverage": self.mirror_average,
                 # Only when on: outputs made without it keep their provenance (not redone).
-                **({"AtlasBrainGuard": True} if self.atlas_guard else {})}
+                # The gain (stop 16) changes outputs: stop 15's guarded outputs are redone.
+                **({"AtlasBrainGuard": True, "AtlasBrainGain": ATLAS_BRAIN_GAIN} if self.atlas_guard else {})}
 
     @property
     def model_sha256(self) -> str:

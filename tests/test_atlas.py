@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepdefacer.atlas import AtlasUnavailable, atlas_guard, load_atlas
+from deepdefacer.atlas import BRAIN_GAIN, AtlasUnavailable, atlas_guard, load_atlas
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -90,7 +90,33 @@ def network():
 
 def test_the_guard_is_recorded_in_the_provenance_only_when_on(guarded, network):
     assert guarded.decision["AtlasBrainGuard"] is True
+    assert guarded.decision["AtlasBrainGain"] == BRAIN_GAIN  # stop 15's guarded outputs are redone
     assert "AtlasBrainGuard" not in network.decision  # outputs made without it (before stop 15) match
+    assert "AtlasBrainGain" not in network.decision
+
+
+def test_the_registered_brain_protects_beyond_its_half_way_edge(monkeypatch):
+    """The atlas brain joins the network's x BRAIN_GAIN: a fit a millimetre or two short still guards."""
+    from deepdefacer import atlas
+    from deepdefacer.conform import GridPlan
+    from deepdefacer.pipeline import Prediction
+
+    face, net_brain = _fields(np.s_[10:30, 36:46, 5:20], np.s_[12:36, 10:30, 22:40])
+    net_brain *= 0.5
+    # The registered brain: 1 inside, falling to 0.15 over 4 voxels towards the face (axis 1).
+    registered = np.zeros_like(net_brain)
+    registered[8:40, 8:30, 18:44] = 1.0
+    for step, value in enumerate((0.75, 0.5, 0.25, 0.15)):
+        registered[8:40, 30 + step, 18:44] = value
+    monkeypatch.setattr(atlas, "register_brain", lambda *args, **kwargs: registered)
+    prediction = Prediction(face, net_brain, np.eye(4), 5.3333, np.eye(4), face.shape)
+    merged, result = atlas.guard_prediction(prediction, None, None, GridPlan(48, 5.3333, 12.0))
+    assert result.used
+    expected = np.maximum(net_brain, np.minimum(registered * BRAIN_GAIN, 1.0))
+    np.testing.assert_allclose(merged.brain, expected)
+    assert BRAIN_GAIN > 1 and merged.brain[20, 33, 30] == pytest.approx(0.15 * BRAIN_GAIN)
+    assert merged.brain[20, 33, 30] >= 0.2 > registered[20, 33, 30]  # protected only with the gain
+    assert (merged.brain >= 0.2).sum() > ((np.maximum(net_brain, registered)) >= 0.2).sum()
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data not found at {SHARED}")
