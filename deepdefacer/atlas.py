@@ -38,8 +38,9 @@ ATLAS_MM = 3.0
 MAX_FACE_OVERLAP_ML = 20.0
 # The registered brain's probability is multiplied by this before it joins the network's: with the
 # brain threshold 0.2 it protects down to an atlas probability of 0.13, ~1-2 mm farther out. Without
-# it, any small change to the fit (two ITK threads, a looser stopping rule) cost `Subj7_T1` 5
-# frontal-pole voxels; with it none, and no eye or nose more was kept on 48 scans x 6 seeds (stop 16).
+# it, small changes to the fit (two ITK threads in one CI run, a looser stopping rule) cost `Subj7_T1`
+# 5 frontal-pole voxels; with it none, and the same scans pass on 48 scans x seeds 1-6 (docs/model.md,
+# stop 16). Fits centimetres off are not rescued by it (the two starts are for those).
 BRAIN_GAIN = 1.5
 ITERATIONS = (200, 50)  # at 6 mm, then 3 mm (where it converges after ~25-70 iterations)
 RIGID_ITERATIONS = 200  # the second start at 6 mm: rigid, then AFTER_RIGID_ITERATIONS of affine
