@@ -194,7 +194,8 @@ def atlas_guard(face: np.ndarray, brain_fn, voxel_mm: float,
 
 
 def guard_prediction(prediction, data: np.ndarray, affine: np.ndarray, plan, name: str = "<image>"):
-    """``prediction`` with the atlas brain (x ``BRAIN_GAIN``) merged into its brain (maximum), and the result."""
+    """``prediction`` with the atlas brain (x ``BRAIN_GAIN``) merged into its brain (maximum),
+    and the result."""
     fit: dict = {}
     result = atlas_guard(prediction.face,
                          lambda: register_brain(data, affine, prediction.cube_affine, plan, fit=fit),
