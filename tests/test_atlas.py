@@ -95,7 +95,7 @@ def test_the_guard_is_recorded_in_the_provenance_only_when_on(guarded, network):
     assert "AtlasBrainGain" not in network.decision
 
 
-def test_the_registered_brain_protects_beyond_its_half_way_edge(monkeypatch):
+def test_the_registered_brain_protects_beyond_its_own_threshold_edge(monkeypatch):
     """The atlas brain joins the network's x BRAIN_GAIN: a fit a millimetre or two short still guards."""
     from deepdefacer import atlas
     from deepdefacer.conform import GridPlan
