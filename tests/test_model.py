@@ -125,9 +125,9 @@ def test_smoke_training_runs_and_exports_a_loadable_model(tmp_path):
     defacer = load_defacer("cpu", tmp_path / "models" / "smoke.keras")
     face, brain = defacer.predict(np.zeros(defacer.plan.shape, np.float32))
     assert face.shape == defacer.plan.shape and np.all((face >= 0) & (face <= 1))
-    # Resume continues from the checkpoint instead of starting again.
+    # Resume continues from the checkpoint instead of starting again (through `python -m deepdefacer.train`).
     resumed = subprocess.run(
-        [sys.executable, "-m", "deepdefacer.train.train", "--smoke", "--run-dir", str(tmp_path / "run"),
+        [sys.executable, "-m", "deepdefacer.train", "--smoke", "--run-dir", str(tmp_path / "run"),
          "--resume", "--epochs", "3"], capture_output=True, text=True, env=env, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout

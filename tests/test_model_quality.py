@@ -52,3 +52,25 @@ def test_same_mask_under_rotations_up_to_15_degrees(defacer):
     scores = rotation_consistency(img, defacer)
     worst = min(scores, key=scores.get)
     assert scores[worst] >= 0.98, (worst, scores[worst])
+
+
+def test_python_m_deepdefacer_evaluate_prints_and_writes_each_heads_scores(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "eval.json"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-m", "deepdefacer.evaluate", "--sets", "heads", "--only",
+                             "colin27_t1w_2mm", "--no-atlas-guard", "--json", str(out)],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    header, row_line = [line for line in result.stdout.splitlines() if "\t" in line][:2]
+    columns = dict(zip(header.split("\t"), row_line.split("\t")))
+    assert columns["head"] == "colin27_t1w_2mm" and columns["pass"] == "True"
+    assert float(columns["face_removed"]) >= 0.95 and int(columns["brain_removed"]) == 0
+    assert float(columns["seconds"]) > 0 and float(columns["peak_numpy_mb"]) > 1
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["head"] for r in rows] == ["colin27_t1w_2mm"]
+    assert rows[0]["face_removed"] == pytest.approx(float(columns["face_removed"]), abs=1e-3)

@@ -1,9 +1,12 @@
-"""Score a model against the reference labels: ``python -m deepdefacer.train.evaluate``.
+"""Score a model against the reference labels: ``python -m deepdefacer.evaluate``
+(the same as ``python -m deepdefacer.train.evaluate``).
 
 Per head: fraction of the reference face region removed (within the head), whether each
 landmark (both eyes, nose tip, mouth) is removed, brain voxels removed, Dice against the
-reference, seconds and peak memory; then the worst case over every head. Also the
-consistency checks: the same mask for all 48 axis orders and under rotations.
+reference, seconds and peak memory (the arrays ``deface`` allocates, by ``tracemalloc``; the whole
+process's peak, framework and model included, is in ``bench/bench_deface.py``); then the worst case
+over every head. Also the consistency checks: the same mask for all 48 axis orders and under
+rotations.
 """
 
 from __future__ import annotations
@@ -204,6 +207,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", type=Path, help="a .keras file with its model card (.json) beside it "
                         "(default: the shipped model)")
     parser.add_argument("--sets", nargs="+", default=["validation", "heads"])
+    parser.add_argument("--only", nargs="+", metavar="NAME",
+                        help="only these heads of the sets (label names, e.g. colin27_t1w_2mm)")
     parser.add_argument("--json", type=Path, help="write all results here")
     parser.add_argument("--consistency", action="store_true", help="48 axis orders and rotations")
     parser.add_argument("--face-threshold", type=float, help="override the model card's")
@@ -230,9 +235,12 @@ def main(argv=None) -> int:
     defacer.atlas_guard = args.atlas_guard
     parts = split()
     rows = []
-    print("set\thead\tface_removed\teyes\tnose\tmouth\tbrain_removed\t(affine brain)\tdice\tseconds\tpass")
+    print("set\thead\tface_removed\teyes\tnose\tmouth\tbrain_removed\t(affine brain)\tdice\tseconds"
+          "\tpeak_numpy_mb\tpass")
     for set_name in args.sets:
         for path in parts[set_name]:
+            if args.only and label_name(path) not in args.only:
+                continue
             if not (args.labels / f"{label_name(path)}_face.nii.gz").exists():
                 print(f"{set_name}\t{label_name(path)}\t(no reference label)")
                 continue
@@ -244,7 +252,7 @@ def main(argv=None) -> int:
             print(f"{set_name}\t{row['head']}\t{row['face_removed']:.3f}\t{eyes}\t{row['nose']}\t"
                   f"{row['mouth']}\t{row['brain_removed_voxels']}\t{row.get('brain_removed_voxels_affine', '-')}\t"
                   f"{row['dice']:.3f}\t"
-                  f"{row['seconds']:.2f}\t{row['pass']}", flush=True)
+                  f"{row['seconds']:.2f}\t{row['peak_numpy_mb']:.0f}\t{row['pass']}", flush=True)
     summary = summarise(rows)
     if summary:
         print(json.dumps(summary, indent=2))
