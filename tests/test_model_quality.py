@@ -74,3 +74,12 @@ def test_python_m_deepdefacer_evaluate_prints_and_writes_each_heads_scores(tmp_p
     rows = json.loads(out.read_text())["rows"]
     assert [r["head"] for r in rows] == ["colin27_t1w_2mm"]
     assert rows[0]["face_removed"] == pytest.approx(float(columns["face_removed"]), abs=1e-3)
+
+
+def test_evaluate_refuses_heads_not_in_its_sets(capsys):
+    from deepdefacer.train.evaluate import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--sets", "heads", "--only", "colin27_t1w_2mm", "IXI012-HH-1211_T1"])
+    assert stop.value.code == 2
+    assert "not in --sets heads: IXI012-HH-1211_T1" in capsys.readouterr().err

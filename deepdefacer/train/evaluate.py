@@ -225,6 +225,10 @@ def main(argv=None) -> int:
     parser.add_argument("--write-card", action="store_true",
                         help="store the decision parameters used and these metrics in the model card")
     args = parser.parse_args(argv)
+    parts = split()
+    missing = sorted(set(args.only or ()) - {label_name(p) for name in args.sets for p in parts[name]})
+    if missing:
+        parser.error(f"--only: not in --sets {' '.join(args.sets)}: {' '.join(missing)}")
     defacer = load_defacer("cpu", args.model)
     for name in ("face_threshold", "brain_margin_mm", "face_dilate_mm", "brain_threshold",
                  "growth_margin_mm", "edge_mm", "mirror_average"):
@@ -233,7 +237,6 @@ def main(argv=None) -> int:
     if args.atlas_guard and args.write_card:
         parser.error("--write-card records the model's own decision: use it with --no-atlas-guard")
     defacer.atlas_guard = args.atlas_guard
-    parts = split()
     rows = []
     print("set\thead\tface_removed\teyes\tnose\tmouth\tbrain_removed\t(affine brain)\tdice\tseconds"
           "\tpeak_numpy_mb\tpass")
