@@ -12,13 +12,16 @@ defaults: model, decision parameters, atlas guard) is scored with
   none          the scan as stored
   thick_si_5mm  a 2D acquisition: whole voxels averaged along the axis nearest
   thick_ap_5mm  superior-inferior (front-back, left-right) into >= 5 mm slices;
-  thick_lr_5mm  labels follow (brain and landmarks: any voxel of the slice, face: most)
+  thick_lr_5mm  labels follow (brain and landmarks: any voxel of the slice, face: most);
+                not applicable where the slices are already over 3.3 mm
   crop_nose     the field of view ends at the nose tip's centre (the front of the nose cut)
   crop_mouth    the field of view ends at the mouth (chin and neck cut)
   crop_top      the top 25 mm of the head cut
   noise_bias    a smooth +-25% bias field and Rician noise (6% of the head's 99th percentile)
   header_x3     the header's voxel sizes 3x too small (a conformed volume saved without
                 its zooms): the pipeline must notice and rescale
+The thick slices, crop_top and header_x3 are in millimetres of the header: they do not apply
+to scans whose header is already implausible (the 64^3 volumes of heads/).
 
 Perturbations are seeded (the noise and bias field from the scan's name); every run of the
 script scores the same images. Registration runs on one ITK thread per process
@@ -58,7 +61,10 @@ def thick_slices(data, affine, labels, world_axis: int, slice_mm: float = 5.0):
     from deepdefacer.conform import voxel_sizes
 
     axis = voxel_axis(affine, world_axis)
-    factor = max(2, int(round(slice_mm / float(voxel_sizes(affine)[axis]))))
+    factor = int(round(slice_mm / float(voxel_sizes(affine)[axis])))
+    if factor < 2:
+        raise NotApplicable(f"its slices along that axis are already "
+                            f"{float(voxel_sizes(affine)[axis]):.1f} mm")
     keep = (data.shape[axis] // factor) * factor
 
     def blocks(array):
@@ -132,10 +138,19 @@ def noise_bias(data, name: str):
     return np.sqrt(real ** 2 + imaginary ** 2).astype(np.float32)
 
 
+# Defined in millimetres of the header: meaningless where the header's voxel sizes are wrong.
+IN_HEADER_MM = ("thick_si_5mm", "thick_ap_5mm", "thick_lr_5mm", "crop_top", "header_x3")
+
+
 def perturb(kind: str, data, affine, labels, name: str):
     """(data, affine, labels) of the scan changed by ``kind``."""
     if kind == "none":
         return data, affine, labels
+    if kind in IN_HEADER_MM:
+        from deepdefacer.conform import plausible_affine
+
+        if plausible_affine(data, affine)[1] != 1.0:
+            raise NotApplicable("the header's voxel sizes are already implausible (the pipeline rescales it)")
     if kind.startswith("thick_"):
         world_axis = {"si": 2, "ap": 1, "lr": 0}[kind.split("_")[1]]
         return thick_slices(data, affine, labels, world_axis)
