@@ -17,7 +17,8 @@ defaults: model, decision parameters, atlas guard) is scored with
   crop_nose     the field of view ends at the nose tip's centre (the front of the nose cut)
   crop_mouth    the field of view ends at the mouth (chin and neck cut)
   crop_top      the top 25 mm of the head cut
-  noise_bias    a smooth +-25% bias field and Rician noise (6% of the head's 99th percentile)
+  noise_bias    training's smooth bias field (strength 0.15: x0.8-1.2) and Rician
+                noise (6% of the head's 99th percentile)
   header_x3     the header's voxel sizes 3x too small (a conformed volume saved without
                 its zooms): the pipeline must notice and rescale
 The thick slices, crop_top and header_x3 are in millimetres of the header: they do not apply
@@ -45,6 +46,7 @@ PERTURBATIONS = ("none", "thick_si_5mm", "thick_ap_5mm", "thick_lr_5mm", "crop_n
                  "crop_top", "noise_bias", "header_x3")
 LABEL_KINDS = ("face", "brain", "brain_affine", "landmarks")
 NOSE, MOUTH = 3, 4  # landmark values (deepdefacer.train.labels.LANDMARKS_VOX order, from 1)
+BIAS_STRENGTH = 0.15  # training's bias field (augment.bias_field) at a mid strength: ~0.8-1.2
 
 
 class NotApplicable(ValueError):
@@ -91,13 +93,10 @@ def crop_world(data, affine, labels, world_axis: int, limit_mm: float, keep_belo
     """Keep the voxels whose RAS coordinate along ``world_axis`` is below (or above) ``limit_mm``."""
     axis = voxel_axis(affine, world_axis)
     index = np.arange(data.shape[axis])
-    centre = [(n - 1) / 2.0 for n in data.shape]
-    coords = []
-    for i in index:
-        point = list(centre)
-        point[axis] = i
-        coords.append(float((np.asarray(affine)[:3, :3] @ point + np.asarray(affine)[:3, 3])[world_axis]))
-    coords = np.array(coords)
+    # The RAS coordinate of each slice's centre along world_axis.
+    points = np.tile((np.array(data.shape, float) - 1) / 2.0, (len(index), 1))
+    points[:, axis] = index
+    coords = points @ np.asarray(affine)[world_axis, :3] + np.asarray(affine)[world_axis, 3]
     inside = np.nonzero(coords <= limit_mm if keep_below else coords >= limit_mm)[0]
     if len(inside) in (0, len(index)):
         raise NotApplicable(f"the field of view does not reach {limit_mm:.0f} mm on RAS axis {world_axis}")
@@ -125,14 +124,11 @@ def head_top_mm(data, affine) -> float:
 
 
 def noise_bias(data, name: str):
-    from scipy import ndimage
+    from deepdefacer.train.augment import bias_field
 
     rng = np.random.default_rng(zlib.crc32(name.encode()))
-    field = ndimage.zoom(rng.normal(size=(4, 4, 4)), np.array(data.shape) / 4.0, order=3)[
-        : data.shape[0], : data.shape[1], : data.shape[2]]
-    field = 1.0 + 0.25 * field / max(float(np.abs(field).max()), 1e-6)
     sigma = 0.06 * float(np.percentile(data[data > np.percentile(data, 50)], 99))
-    biased = data * field.astype(np.float32)
+    biased = data * bias_field(data.shape, rng, strength=BIAS_STRENGTH)
     real = biased + rng.normal(0, sigma, data.shape)
     imaginary = rng.normal(0, sigma, data.shape)
     return np.sqrt(real ** 2 + imaginary ** 2).astype(np.float32)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import pytest
 
 from deepdefacer.train.data import validation_heads
-from deepdefacer.train.evaluate import (LANDMARK_NAMES, evaluate_head, orientation_consistency,
+from deepdefacer.train.evaluate import (LANDMARK_NAMES, evaluate_head, main, orientation_consistency,
                                         passes, rotation_consistency)
 from deepdefacer.train.labels import label_name
 
@@ -55,11 +59,6 @@ def test_same_mask_under_rotations_up_to_15_degrees(defacer):
 
 
 def test_python_m_deepdefacer_evaluate_prints_and_writes_each_heads_scores(tmp_path):
-    import json
-    import os
-    import subprocess
-    import sys
-
     out = tmp_path / "eval.json"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run([sys.executable, "-m", "deepdefacer.evaluate", "--sets", "heads", "--only",
@@ -77,8 +76,6 @@ def test_python_m_deepdefacer_evaluate_prints_and_writes_each_heads_scores(tmp_p
 
 
 def test_evaluate_refuses_heads_not_in_its_sets(capsys):
-    from deepdefacer.train.evaluate import main
-
     with pytest.raises(SystemExit) as stop:
         main(["--sets", "heads", "--only", "colin27_t1w_2mm", "IXI012-HH-1211_T1"])
     assert stop.value.code == 2
