@@ -87,7 +87,9 @@ class Defacer:
                 "FieldOfViewEdgeMM": self.edge_mm, "LeftRightMirrorAverage": self.mirror_average,
                 # Only when on: outputs made without it keep their provenance (not redone).
                 # The gain (stop 16) changes outputs: stop 15's guarded outputs are redone.
-                **({"AtlasBrainGuard": True, "AtlasBrainGain": ATLAS_BRAIN_GAIN} if self.atlas_guard else {})}
+                **({"AtlasBrainGuard": True, "AtlasBrainGain": ATLAS_BRAIN_GAIN,
+                    # Stop 18: implausible headers' voxel sizes also fitted (only those scans change).
+                    "AtlasHeaderFit": True} if self.atlas_guard else {})}
 
     @property
     def model_sha256(self) -> str:

@@ -203,12 +203,21 @@ def process_job(job: Job, settings: Settings, defacer=None) -> JobResult:
 
 
 def atlas_flags(details: dict) -> list:
-    """A flag for a scan whose atlas guard was asked for but not used (its brain is then
-    guarded by the network alone, the path that lost brain on 3 of 48 scans)."""
+    """Flags for a scan whose atlas guard was asked for but not used (its brain is then
+    guarded by the network alone, the path that lost brain on 3 of 48 scans), and for a scan
+    whose header's voxel sizes are implausible (its size was estimated: worth a look)."""
+    flags = []
+    header = details.get("HeaderVoxelSizes")
+    if header:
+        stored = " x ".join(f"{z:g}" for z in header["Stored"])
+        fitted = (" and the atlas fit (" + " x ".join(f"{z:g}" for z in header["AtlasFit"]) + " mm)"
+                  if header["AtlasFitUsed"] else f"; atlas fit not used: {header['Reason']}")
+        flags.append(f"implausible voxel sizes in the header ({stored} mm): defaced under the "
+                     f"head-size rule ({' x '.join(f'{z:g}' for z in header['HeadSizeRule'])} mm){fitted}")
     guard = details.get("AtlasGuard")
-    if not guard or guard["Used"]:
-        return []
-    return [f"atlas guard not used ({guard['Reason']}): only the network's brain guard applied"]
+    if guard and not guard["Used"]:
+        flags.append(f"atlas guard not used ({guard['Reason']}): only the network's brain guard applied")
+    return flags
 
 
 def run_qc(scan_output, img, mask, settings: Settings, extra_flags=()) -> list:
