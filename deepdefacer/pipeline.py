@@ -18,13 +18,6 @@ from deepdefacer.errors import InputError
 
 log = logging.getLogger("deepdefacer")
 
-# Implausible headers, two size estimates (``union_of_masks``): each mask keeps its own brain
-# margin (8 mm), and a voxel either removes is also kept within this distance of the other's
-# brain. With the full 8 mm the head-size rule's misplaced brain kept the eye of
-# ``ndd_example4_crop_psr`` that the fitted sizes remove; with 0 or 4 mm both 64^3 blocks pass
-# (docs/model.md, stop 18).
-CROSS_MARGIN_MM = 4.0
-
 
 def deface(img, defacer=None):
     """Remove the face from a nibabel image.
@@ -57,9 +50,14 @@ def deface_with_details(img, defacer=None):
         log.warning("%s: the head is only %.0f mm across with the header's voxel sizes; "
                     "assuming they are %.1fx too small", name, ASSUMED_HEAD_MM / scale, scale)
         if getattr(defacer, "atlas_guard", False):
-            fitted, header = header_voxel_sizes(data, img.affine, affine, defacer.plan, name)
-            details["HeaderVoxelSizes"] = header
-            affines += [fitted] if fitted is not None else []
+            fitted, details["HeaderVoxelSizes"] = header_voxel_sizes(data, img.affine, affine,
+                                                                     defacer.plan, name)
+            if fitted is not None:
+                # The fit's shape at two sizes: the head-size rule's and the fit's own.
+                affines = [scaled_about_centre(fitted, data.shape, voxel_sizes(affine)), fitted]
+                details["HeaderVoxelSizes"]["HeadSizeRule"] = np.round(voxel_sizes(affines[0]), 3).tolist()
+    # Each size has its own guard registration: two independent atlas brains, either of which
+    # keeps a voxel (one fit reused at both sizes lost a brain voxel of a 64^3 block: stop 18).
     predictions = [predict(data, a, defacer, name=name, box=box if scale == 1.0 else None)
                    for a in affines]
     masks = [face_mask(p, defacer.face_threshold, defacer.brain_threshold, defacer.brain_margin_mm,
@@ -81,8 +79,11 @@ def header_voxel_sizes(data, header_affine, assumed_affine, plan, name: str):
     """The atlas's fit of an implausible header's voxel sizes, and what provenance records of it.
 
     Returns ``(affine or None, record)``. The head-size rule (``conform.plausible_affine``) is
-    a population guess; the fit measures this head (docs/model.md, stop 18). Both are used:
-    ``deface`` removes what either calls face and keeps what either guards.
+    a population guess of the size that keeps the header's shape; the fit measures this head's
+    shape and size (docs/model.md, stop 18). ``deface`` takes the fit's shape at two sizes, the
+    rule's and the fit's: the size is the less certain part (the atlas is an average adult head),
+    and a 64^3 block lost its mouth at the one size and brain at the other. It removes what either
+    calls face and keeps what either guards.
     """
     from deepdefacer.atlas import fitted_voxel_sizes
 
@@ -100,21 +101,33 @@ def header_voxel_sizes(data, header_affine, assumed_affine, plan, name: str):
     return fitted, record
 
 
+def scaled_about_centre(affine: np.ndarray, shape, like_zooms) -> np.ndarray:
+    """``affine`` with its voxel sizes scaled alike so that a voxel has the volume of one of
+    ``like_zooms``; the axes' directions and the volume's centre are kept."""
+    factor = float(np.cbrt(np.prod(like_zooms) / np.prod(voxel_sizes(affine))))
+    centre = (np.array(shape[:3], float) - 1) / 2
+    out = np.array(affine, dtype=float)
+    out[:3, :3] *= factor
+    out[:3, 3] = affine[:3, :3] @ centre + affine[:3, 3] - out[:3, :3] @ centre
+    return out
+
+
 def union_of_masks(masks, predictions, defacer) -> np.ndarray:
-    """What any mask removes, less what any prediction calls brain or within ``CROSS_MARGIN_MM`` of it.
+    """What any mask removes, less what any prediction's brain guard keeps.
 
     For a scan whose true size is uncertain (an implausible header), each size estimate
-    gives its own prediction and mask (each already keeps its own brain margin). A voxel is
-    removed when any mask removes it, and kept when any prediction calls it brain or puts
-    it within ``CROSS_MARGIN_MM`` of its brain.
+    gives its own prediction and mask. A voxel is removed when any mask removes it, and kept
+    when any prediction calls it brain or puts it within the brain margin of its brain.
     """
     mask = np.logical_or.reduce(masks)
     if not mask.any():
         return mask
     where = np.argwhere(mask)
     box = (where.min(axis=0), where.max(axis=0) + 1)
+    margin = min(defacer.brain_margin_mm, defacer.brain_margin_mm if defacer.growth_margin_mm is None
+                 else defacer.growth_margin_mm)
     for prediction in predictions:
-        mask &= guard_allows(prediction, defacer.brain_threshold, CROSS_MARGIN_MM, defacer.edge_mm, box)
+        mask &= guard_allows(prediction, defacer.brain_threshold, margin, defacer.edge_mm, box)
     return largest_region_in_box(mask, box)
 
 

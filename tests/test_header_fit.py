@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from deepdefacer.conform import GridPlan, plausible_affine, voxel_sizes
-from deepdefacer.pipeline import CROSS_MARGIN_MM, Prediction, deface_with_details, face_mask, image_data
+from deepdefacer.pipeline import Prediction, deface_with_details, face_mask, image_data
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -71,6 +71,21 @@ def test_the_atlas_fit_measures_voxel_sizes_the_header_has_wrong():
                                assumed[:3, :3] @ centre + assumed[:3, 3], atol=1e-6)
 
 
+def test_an_implausible_header_costs_two_more_registrations(defacer, monkeypatch):
+    """The fit of the sizes, then each size's own guard registration: two more in all."""
+    pytest.importorskip("ants")
+    from deepdefacer import atlas
+
+    calls = []
+    register = atlas.register_brain
+    monkeypatch.setattr(atlas, "register_brain", lambda *a, **k: calls.append(1) or register(*a, **k))
+    img, shrunk = _shrunk(SCAN)
+    _, _, details = deface_with_details(shrunk, defacer)
+    assert details["HeaderVoxelSizes"]["AtlasFitUsed"] and len(calls) == 3
+    deface_with_details(img, defacer)
+    assert len(calls) == 4  # a plausible header: the guard's one registration
+
+
 def test_an_implausible_fit_is_not_used(monkeypatch):
     pytest.importorskip("ants")
     from deepdefacer import atlas
@@ -90,7 +105,7 @@ def test_an_implausible_fit_is_not_used(monkeypatch):
 
 def test_the_union_keeps_what_either_estimate_calls_brain():
     """Two predictions of one scan (two size estimates): what either mask removes goes, except
-    within CROSS_MARGIN_MM of either's brain."""
+    where either's brain guard keeps it (its brain and the brain margin around it)."""
     from deepdefacer.pipeline import union_of_masks
 
     cube_affine = np.diag([5.3333] * 3 + [1.0])
@@ -117,8 +132,9 @@ def test_the_union_keeps_what_either_estimate_calls_brain():
     distance = np.linalg.norm(np.maximum(np.maximum(low - world, world - high), 0), axis=-1)
     a_brain = distance == 0
     assert a_brain.any()
-    assert not (union & (distance <= CROSS_MARGIN_MM - 2.0)).any()  # kept near A's brain
-    far = masks[1] & (distance > CROSS_MARGIN_MM + 6.0)
+    margin = 8.0
+    assert not (union & (distance <= margin - 2.0)).any()  # kept near A's brain
+    far = masks[1] & (distance > margin + 6.0)
     assert far.sum() > 1000 and union[far].all()  # B's face away from A's brain goes
     assert union[masks[0]].all()  # A's face is far from both brains: all of it goes
     assert (masks[1] & ~union).sum() > 500  # what B alone would have removed next to A's brain
@@ -141,6 +157,11 @@ def test_the_fit_is_in_the_provenance_only_with_the_atlas(defacer, network):
     assert header["AtlasFitUsed"] and "Reason" not in header
     np.testing.assert_allclose(header["Stored"], [1 / 3, 2.0, 1 / 3], atol=1e-3)
     assert header["HeadSizeRule"][1] < header["AtlasFit"][1] < 6.3
+    # Two sizes of the fit's shape: the rule's voxel volume, and the fit's own.
+    rule = voxel_sizes(plausible_affine(image_data(shrunk)[1], shrunk.affine)[0])
+    assert np.prod(header["HeadSizeRule"]) == pytest.approx(np.prod(rule), rel=0.01)
+    ratio = np.array(header["HeadSizeRule"]) / np.array(header["AtlasFit"])
+    np.testing.assert_allclose(ratio, ratio.mean(), rtol=0.01)
     assert details["AtlasGuard"]["Used"]
     assert defacer.decision["AtlasHeaderFit"] is True
     # A BIDS run flags the scan for review, saying what was assumed.
