@@ -202,7 +202,7 @@ def fitted_voxel_sizes(data: np.ndarray, affine: np.ndarray, plan, seed: int = S
     header's zooms is corrected axis by axis (a volume stored with the wrong anisotropy too);
     the axes' directions and the volume's centre are kept. On the robustness benchmark's
     ``header_x3`` scans (2 mm stored as 0.67 mm) the fit gave 1.7-2.1 mm, the 200 mm rule
-    1.5-1.8 mm (docs/model.md, stop 18).
+    1.5-1.9 mm (docs/model.md, stop 18).
 
     Returns ``(affine, zooms, None)``, or ``(None, zooms, reason)`` when the fit is implausible
     (the registration failed, or a voxel axis outside ``FIT_SCALE_RANGE`` of the assumption).
