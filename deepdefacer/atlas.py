@@ -60,6 +60,7 @@ class AtlasResult:
     reason: str
     face_overlap_ml: float | None = None
     start: str | None = None  # which of the two 6 mm fits was refined ("direct" or "rigid first")
+    world: np.ndarray | None = None  # the fit, scan world -> atlas world (RAS 4x4), when it ran
 
 
 def require_ants():
@@ -246,14 +247,49 @@ def atlas_guard(face: np.ndarray, brain_fn, voxel_mm: float,
     return AtlasResult(brain, True, "used", overlap_ml)
 
 
-def guard_prediction(prediction, data: np.ndarray, affine: np.ndarray, plan, name: str = "<image>"):
+def warp_brain(world: np.ndarray, cube_affine: np.ndarray, plan) -> np.ndarray:
+    """The atlas brain on a cube through a fit already made (``world``: scan world -> atlas
+    world, RAS); trilinear, the same values as ANTs' warp of the registration."""
+    from scipy import ndimage
+
+    atlas = load_atlas()
+    to_atlas = np.linalg.inv(atlas["affine"]) @ np.asarray(world, float) @ np.asarray(cube_affine, float)
+    brain = ndimage.affine_transform(atlas["brain"], to_atlas[:3, :3], to_atlas[:3, 3],
+                                     output_shape=tuple(plan.shape), order=1, mode="constant", cval=0.0)
+    return np.clip(brain, 0, 1).astype(np.float32)
+
+
+# The atlas's scalp: voxels of its head brighter than this fraction of its maximum.
+HEAD_FRACTION = 0.15
+
+
+def head_top_mm(world: np.ndarray) -> float:
+    """How high (RAS z, mm) the top of the atlas's head lands in the scan's world under the fit."""
+    atlas = load_atlas()
+    if "head_points" not in atlas:
+        ijk = np.argwhere(atlas["head"] > HEAD_FRACTION * atlas["head"].max())
+        top = ijk[ijk[:, 2] >= ijk[:, 2].max() - 10]  # the top 30 mm of the head: enough under any pitch
+        atlas["head_points"] = atlas["affine"][:3, :3] @ top.T + atlas["affine"][:3, 3:4]
+    back = np.linalg.inv(np.asarray(world, float))
+    return float((back[2, :3] @ atlas["head_points"] + back[2, 3]).max())
+
+
+def guard_prediction(prediction, data: np.ndarray, affine: np.ndarray, plan, name: str = "<image>",
+                     world: np.ndarray | None = None):
     """``prediction`` with the atlas brain (x ``BRAIN_GAIN``) merged into its brain (maximum),
-    and the result."""
+    and the result. ``world``: a fit of this scan made already (on another cube), reused."""
     fit: dict = {}
-    result = atlas_guard(prediction.face,
-                         lambda: register_brain(data, affine, prediction.cube_affine, plan, fit=fit),
-                         prediction.voxel_mm)
+    if world is None:
+        def brain_fn():
+            return register_brain(data, affine, prediction.cube_affine, plan, fit=fit)
+    else:
+        fit.update(start="reused", world=np.asarray(world, float))
+
+        def brain_fn():
+            return warp_brain(world, prediction.cube_affine, plan)
+    result = atlas_guard(prediction.face, brain_fn, prediction.voxel_mm)
     result.start = fit.get("start")
+    result.world = fit.get("world")
     if not result.used:
         log.warning("%s: atlas guard not used (%s); the network's brain guard alone applies",
                     name, result.reason)

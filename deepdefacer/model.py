@@ -88,8 +88,9 @@ class Defacer:
                 # Only when on: outputs made without it keep their provenance (not redone).
                 # The gain (stop 16) changes outputs: stop 15's guarded outputs are redone.
                 **({"AtlasBrainGuard": True, "AtlasBrainGain": ATLAS_BRAIN_GAIN,
-                    # Stop 18: implausible headers' voxel sizes also fitted (only those scans change).
-                    "AtlasHeaderFit": True} if self.atlas_guard else {})}
+                    # Stop 18: implausible headers' voxel sizes fitted, and a crown cut by the field
+                    # of view placed from the fit (only those scans change).
+                    "AtlasHeaderFit": True, "AtlasCrown": True} if self.atlas_guard else {})}
 
     @property
     def model_sha256(self) -> str:

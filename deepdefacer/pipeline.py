@@ -60,6 +60,8 @@ def deface_with_details(img, defacer=None):
     # keeps a voxel (one fit reused at both sizes lost a brain voxel of a 64^3 block: stop 18).
     predictions = [predict(data, a, defacer, name=name, box=box if scale == 1.0 else None)
                    for a in affines]
+    if scale == 1.0:
+        predictions[0] = crown_from_atlas(predictions[0], data, affine, box, defacer, name, details)
     masks = [face_mask(p, defacer.face_threshold, defacer.brain_threshold, defacer.brain_margin_mm,
                        defacer.face_dilate_mm, defacer.growth_margin_mm, defacer.edge_mm)
              for p in predictions]
@@ -73,6 +75,46 @@ def deface_with_details(img, defacer=None):
                                  "FaceOverlapML": None if overlap is None else round(overlap, 1),
                                  "Start": atlas.start}
     return apply_mask(img, raw, mask), mask_image(img, mask), details
+
+
+# A head whose box reaches within this of the top of the field of view may be cut there, and its
+# crown is then placed from the atlas fit when that puts it at least CROWN_MIN_MM higher.
+CROWN_EDGE_MM = 4.0
+CROWN_MIN_MM = 8.0
+
+
+def crown_from_atlas(prediction, data, affine, box, defacer, name: str, details: dict):
+    """The prediction again with the cube hung from the atlas's crown, for a scan cut at the top.
+
+    ``conform`` hangs the cube from the top of the head; where the field of view cuts the crown
+    that is the cut, the face sits higher in the cube than any training head's, and eyes were
+    kept (robustness benchmark, ``crop_top``). The guard's affine fit places the whole average
+    head, so its crown is where this head's would be (within ~2 mm on uncut validation scans,
+    2-7 mm above on cut ones: docs/model.md, stop 18). The atlas brain is carried onto the new
+    cube through the same fit; only the network runs again.
+    """
+    from deepdefacer.conform import world_extent
+
+    atlas = prediction.atlas
+    if atlas is None or not atlas.used or atlas.world is None:
+        return prediction
+    box_top = float(box[1][2])
+    if box_top < float(world_extent(affine, data.shape)[1][2]) - CROWN_EDGE_MM:
+        return prediction  # the head does not reach the top of the field of view
+    from deepdefacer.atlas import head_top_mm
+
+    top = head_top_mm(atlas.world)
+    if top - box_top < CROWN_MIN_MM:
+        return prediction
+    log.warning("%s: the field of view cuts the top of the head; the atlas fit puts the crown "
+                "%.0f mm higher", name, top - box_top)
+    details["CrownFromAtlasMM"] = round(top - box_top, 1)
+    raised = (np.asarray(box[0], float), np.array(box[1], dtype=float))
+    raised[1][2] = top
+    raised_prediction = predict(data, affine, defacer, name=name, box=raised, atlas_world=atlas.world)
+    if raised_prediction.atlas is not None:
+        raised_prediction.atlas.start = atlas.start  # the fit's own start, for the provenance
+    return raised_prediction
 
 
 def header_voxel_sizes(data, header_affine, assumed_affine, plan, name: str):
@@ -145,13 +187,14 @@ class Prediction:
 
 
 def predict(data: np.ndarray, affine: np.ndarray, defacer, name: str = "<image>",
-            box=None) -> Prediction:
+            box=None, atlas_world=None) -> Prediction:
     """Conform the scan and run the model (the only step that needs TensorFlow).
 
     ``box``: the head's RAS box on ``affine`` (``head_box_ras``) when the caller has it.
 
     With the defacer's ``atlas_guard`` the brain is also the atlas brain registered to the
-    scan, where that registration can be trusted (``deepdefacer.atlas``).
+    scan, where that registration can be trusted (``deepdefacer.atlas``); ``atlas_world``:
+    a fit of this scan made already (``AtlasResult.world``), reused instead of registering.
     """
     conformed = conform(data, affine, defacer.plan, box)
     face_cube, brain_cube = defacer.predict(conformed.array)
@@ -160,7 +203,8 @@ def predict(data: np.ndarray, affine: np.ndarray, defacer, name: str = "<image>"
     if getattr(defacer, "atlas_guard", False):
         from deepdefacer.atlas import guard_prediction
 
-        prediction, result = guard_prediction(prediction, data, affine, defacer.plan, name)
+        prediction, result = guard_prediction(prediction, data, affine, defacer.plan, name,
+                                              world=atlas_world)
         prediction.atlas = result
     return prediction
 
