@@ -21,3 +21,13 @@ def defacer():
     from deepdefacer.model import load_defacer
 
     return load_defacer("cpu")
+
+
+@pytest.fixture(scope="session")
+def network():
+    """The shipped model with the network's brain guard alone (--no-atlas-guard), loaded once."""
+    from deepdefacer.model import load_defacer
+
+    defacer = load_defacer("cpu")
+    defacer.atlas_guard = False
+    return defacer

@@ -78,16 +78,6 @@ def guarded(defacer):
     return defacer
 
 
-@pytest.fixture(scope="module")
-def network():
-    """The network's brain guard alone (--no-atlas-guard)."""
-    from deepdefacer.model import load_defacer
-
-    defacer = load_defacer("cpu")
-    defacer.atlas_guard = False
-    return defacer
-
-
 def test_the_guard_is_recorded_in_the_provenance_only_when_on(guarded, network):
     assert guarded.decision["AtlasBrainGuard"] is True
     assert guarded.decision["AtlasBrainGain"] == BRAIN_GAIN  # stop 15's guarded outputs are redone

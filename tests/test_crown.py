@@ -77,15 +77,6 @@ def test_a_crown_cut_by_the_field_of_view_is_placed_from_the_fit(defacer, networ
     assert alone == {}
 
 
-@pytest.fixture(scope="module")
-def network():
-    from deepdefacer.model import load_defacer
-
-    defacer = load_defacer("cpu")
-    defacer.atlas_guard = False
-    return defacer
-
-
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data not found at {SHARED}")
 def test_the_crown_cut_validation_head_loses_both_eyes(defacer, monkeypatch):
     """Subj13_T1 with its top 25 mm cut kept an eye until stop 18 (docs/robustness.md)."""

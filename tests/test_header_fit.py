@@ -140,15 +140,6 @@ def test_the_union_keeps_what_either_estimate_calls_brain():
     assert (masks[1] & ~union).sum() > 500  # what B alone would have removed next to A's brain
 
 
-@pytest.fixture(scope="module")
-def network():
-    from deepdefacer.model import load_defacer
-
-    defacer = load_defacer("cpu")
-    defacer.atlas_guard = False
-    return defacer
-
-
 def test_the_fit_is_in_the_provenance_only_with_the_atlas(defacer, network):
     pytest.importorskip("ants")
     _, shrunk = _shrunk(SCAN)
