@@ -14,7 +14,7 @@ A registration can fail (a cropped block, a scan far from an average head). A
 registered brain that covers more than ``MAX_FACE_OVERLAP_ML`` of the network's face is
 not trusted: the network's brain alone is used and the reason is logged.
 
-Needs antspyx (a core dependency since stop 15); on 2 cores it adds ~1.5-3 s a scan
+Needs antspyx (a core dependency since stop 15); on 2 cores it adds ~1.2-2.5 s a scan
 (docs/model.md, docs/benchmark.md). The registration is seeded (``random_seed``); reruns
 are bit-identical with one ITK thread. The atlas travels in the package
 (``models/atlas_pydeface_3mm.npz``, made by ``python -m deepdefacer.train.atlas``).
@@ -45,6 +45,11 @@ BRAIN_GAIN = 1.5
 ITERATIONS = (200, 50)  # at 6 mm, then 3 mm (where it converges after ~25-70 iterations)
 RIGID_ITERATIONS = 200  # the second start at 6 mm: rigid, then AFTER_RIGID_ITERATIONS of affine
 AFTER_RIGID_ITERATIONS = 100
+# Levels of the 3 mm fixed image (ANTs shrink factor, smoothing sigma in its voxels): the two starts
+# at 6 mm, the chosen one refined at 3 mm. Coarser levels were measured in stop 19 (9 mm then 6 mm:
+# 3x faster; 6 mm then 6 mm) and each kept eyes of Subj1_FL or Subj7_T1 with some seeds, where these
+# pass with seeds 1-6 (docs/model.md).
+LEVELS = ((2, 1), (1, 0))
 SEED = 1
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -116,7 +121,7 @@ def load_atlas() -> dict:
 
 
 def register_brain(data: np.ndarray, affine: np.ndarray, cube_affine: np.ndarray, plan,
-                   seed: int = SEED, fit: dict | None = None) -> np.ndarray:
+                   seed: int = SEED, fit: dict | None = None, levels=LEVELS) -> np.ndarray:
     """The atlas brain registered to the scan, as a probability on the cube's grid.
 
     Both fits start from the shift that puts the atlas's head where ``conform`` puts any
@@ -130,6 +135,7 @@ def register_brain(data: np.ndarray, affine: np.ndarray, cube_affine: np.ndarray
     start alone is right on every head (a rigid start misses the pose of the most
     chin-down head, ``Subj7_T1``); the choice was right on all 48 scans with 3 seeds
     (docs/model.md). ``fit``, when given, receives the chosen start and both similarities.
+    ``levels``: (shrink factor, smoothing sigma) of the two starts and of the refinement.
     """
     import tempfile
 
@@ -149,33 +155,53 @@ def register_brain(data: np.ndarray, affine: np.ndarray, cube_affine: np.ndarray
     if min(fixed.spacing) < 0.9 * ATLAS_MM:
         fixed = ants.resample_image(fixed, (ATLAS_MM,) * 3, False, 0)
     moving = ants_image(ants, atlas["head"], atlas["affine"])
-    cube = ants_image(ants, np.zeros(plan.shape, np.float32), cube_affine)
     # ANTs writes its transforms to files: all of them in a folder removed afterwards.
-    with tempfile.TemporaryDirectory(prefix="deepdefacer-atlas-") as tmp, random_seed(ants, seed):
+    with tempfile.TemporaryDirectory(prefix="deepdefacer-atlas-") as tmp:
         start_file = f"{tmp}/start.mat"
         ants.write_transform(start, start_file)
 
-        def affine_fit(kind, initial, iterations, name, shrink=2, sigma=1):
-            return ants.registration(fixed, moving, type_of_transform=kind, random_seed=seed,
-                                     initial_transform=initial, outprefix=f"{tmp}/{name}_",
-                                     aff_metric="mattes", aff_iterations=(iterations,),
-                                     aff_shrink_factors=(shrink,), aff_smoothing_sigmas=(sigma,))
+        def fit_stage(kind, initial, iterations, name, level=levels[0]):
+            return affine_stage(ants, fixed, moving, kind, initial, iterations, level, f"{tmp}/{name}_", seed)
 
-        rigid = affine_fit("Rigid", [start_file], RIGID_ITERATIONS, "rigid")
-        candidates = {"direct": affine_fit("Affine", [start_file], ITERATIONS[0], "direct"),
-                      "rigid first": affine_fit("Affine", rigid["fwdtransforms"], AFTER_RIGID_ITERATIONS,
-                                                "after_rigid")}
-        similarity = {name: float(ants.image_similarity(fixed, reg["warpedmovout"], metric_type="Correlation"))
-                      for name, reg in candidates.items()}
+        rigid = fit_stage("Rigid", start_file, RIGID_ITERATIONS, "rigid")
+        candidates = {"direct": fit_stage("Affine", start_file, ITERATIONS[0], "direct"),
+                      "rigid first": fit_stage("Affine", rigid, AFTER_RIGID_ITERATIONS, "after_rigid")}
+        similarity = {name: float(ants.image_similarity(fixed, ants.apply_transforms(fixed, moving, [path]),
+                                                        metric_type="Correlation"))
+                      for name, path in candidates.items()}
         chosen = min(similarity, key=similarity.get)  # ITK's metrics are lower for better fits
-        final = affine_fit("Affine", candidates[chosen]["fwdtransforms"], ITERATIONS[1], "final",
-                           shrink=1, sigma=0)
-        brain = ants.apply_transforms(cube, ants_image(ants, atlas["brain"], atlas["affine"]),
-                                      final["fwdtransforms"], interpolator="linear")
-        world = world_transform(ants.read_transform(final["fwdtransforms"][0]))
+        final = fit_stage("Affine", candidates[chosen], ITERATIONS[1], "final", levels[1])
+        cube = ants_image(ants, np.zeros(plan.shape, np.float32), cube_affine)
+        brain = ants.apply_transforms(cube, ants_image(ants, atlas["brain"], atlas["affine"]), [final],
+                                      interpolator="linear")
+        world = world_transform(ants.read_transform(final))
     if fit is not None:
         fit.update(start=chosen, similarity={k: round(v, 4) for k, v in similarity.items()}, world=world)
     return np.clip(brain.numpy(), 0, 1).astype(np.float32)
+
+
+def affine_stage(ants, fixed, moving, kind: str, initial: str, iterations: int, level, outprefix: str,
+                 seed: int) -> str:
+    """One linear antsRegistration stage; returns the file of the transform it found.
+
+    The arguments are those ``ants.registration(fixed, moving, kind, aff_metric="mattes",
+    initial_transform=[initial], aff_iterations=(iterations,), aff_shrink_factors=(level[0],),
+    aff_smoothing_sigmas=(level[1],))`` passes (the same transforms, tested), with the seed given
+    directly (antspyx 0.6 drops ``random_seed=``) and without the two whole warped images that
+    wrapper makes after every stage, which the guard does not use.
+    """
+    from ants.internal import get_lib_fn, get_pointer_string
+
+    args = ["--dimensionality", "3", "-r", initial,
+            "--metric", f"mattes[{get_pointer_string(fixed)},{get_pointer_string(moving)},1,32,regular,0.2]",
+            "--transform", f"{kind}[0.25]", "--convergence", str(int(iterations)),
+            "--smoothing-sigmas", f"{level[1]:g}", "--shrink-factors", str(int(level[0])),
+            "-u", "0", "-z", "1", "--output", outprefix, "-x", "[NA,NA]",
+            "--random-seed", str(int(seed)), "--float", "1", "--write-composite-transform", "0"]
+    status = get_lib_fn("antsRegistration")(args)
+    if status != 0:
+        raise RuntimeError(f"antsRegistration ({kind}) failed with status {status}")
+    return f"{outprefix}0GenericAffine.mat"
 
 
 def world_transform(transform) -> np.ndarray:

@@ -52,12 +52,27 @@ def block_reduce(data: np.ndarray, affine: np.ndarray, target_mm: float):
     factors = np.maximum(1, np.floor(target_mm / (1.5 * voxel_sizes(affine)))).astype(int)
     if np.all(factors == 1):
         return data, affine
+    if data.flags.f_contiguous and not data.flags.c_contiguous:
+        # nibabel's arrays are Fortran-ordered: reduce the transposed view (C-ordered, so the
+        # block reshape below needs no copy of the whole scan) and transpose the small result back.
+        flipped = np.eye(4)[[2, 1, 0, 3]]
+        reduced, reduced_affine = block_reduce(data.T, np.asarray(affine) @ flipped, target_mm)
+        return reduced.T, reduced_affine @ flipped
     trimmed = [(n // f) * f for n, f in zip(data.shape, factors)]
-    view = data[: trimmed[0], : trimmed[1], : trimmed[2]]
-    shape = []
-    for n, f in zip(trimmed, factors):
-        shape += [n // f, f]
-    reduced = view.reshape(shape).mean(axis=(1, 3, 5), dtype=np.float32)
+    reduced = data[: trimmed[0], : trimmed[1], : trimmed[2]]
+    # One axis at a time, the outermost first (it shrinks the array most cheaply): the sum of a
+    # block's f slices, each a strided view. 3-4x faster than a mean over the 6D block reshape.
+    for axis, f in enumerate(factors):
+        if f == 1:
+            continue
+        shape = reduced.shape[:axis] + (reduced.shape[axis] // f, f) + reduced.shape[axis + 1:]
+        blocks = reduced.reshape(shape)
+        before = (slice(None),) * (axis + 1)
+        total = blocks[before + (0,)].astype(np.float32, copy=True)
+        for i in range(1, f):
+            total += blocks[before + (i,)]
+        reduced = total
+    reduced = (reduced / np.float32(np.prod(factors))).astype(np.float32, copy=False)
     scale = np.diag(list(factors) + [1]).astype(float)
     scale[:3, 3] = (factors - 1) / 2.0
     return reduced, np.asarray(affine) @ scale
@@ -171,6 +186,17 @@ def _axis_permutation(matrix: np.ndarray):
     return [int(np.argmax(nonzero[:, j])) for j in range(3)]
 
 
+def _separable(source: np.ndarray, w0: np.ndarray, w1: np.ndarray, w2: np.ndarray) -> np.ndarray:
+    """``source`` (C-contiguous) with each axis multiplied by its weight matrix.
+
+    Three matrix products on contiguous arrays (no transposed copies of big arrays): axis 0
+    on (m0, m1*m2), axis 2 as a right product, axis 1 batched over axis 0.
+    """
+    m0, m1, m2 = source.shape
+    out = (w0 @ source.reshape(m0, m1 * m2)).reshape(-1, m1, m2)
+    return np.ascontiguousarray(np.matmul(w1, out @ w2.T), dtype=np.float32)
+
+
 def resample(data: np.ndarray, affine_in: np.ndarray, affine_out: np.ndarray, shape_out,
              order: int = 1, cval: float = 0.0) -> np.ndarray:
     """Sample ``data`` (grid ``affine_in``) on the grid ``affine_out`` of ``shape_out``.
@@ -188,12 +214,16 @@ def resample(data: np.ndarray, affine_in: np.ndarray, affine_out: np.ndarray, sh
         w0, w1, w2 = (_linear_weights(shape_out[axis], source.shape[axis],
                                       mapping[permutation[axis], axis],
                                       mapping[permutation[axis], 3]) for axis in range(3))
-        m0, m1, m2 = source.shape
-        # Three matrix products on contiguous arrays (no transposed copies of big arrays):
-        # axis 0 on (m0, m1*m2), axis 2 as a right product, axis 1 batched over axis 0.
-        out = (w0 @ np.ascontiguousarray(source).reshape(m0, m1 * m2)).reshape(-1, m1, m2)
-        out = np.matmul(w1, out @ w2.T)
-        out = np.ascontiguousarray(out, dtype=np.float32)
+        weights = (w0, w1, w2)
+        memory = np.argsort([-abs(stride) for stride in source.strides], kind="stable")
+        in_memory = np.transpose(source, memory)
+        if in_memory.flags.c_contiguous and source.size > np.prod(shape_out):
+            # A big source stored in another axis order (nibabel's Fortran order, a transposed
+            # scan): run the products in its memory order and transpose the smaller output instead.
+            out = _separable(in_memory, *(weights[axis] for axis in memory))
+            out = np.ascontiguousarray(np.transpose(out, np.argsort(memory)), dtype=np.float32)
+        else:
+            out = _separable(np.ascontiguousarray(source), *weights)
         return out + cval if cval else out
     return ndimage.affine_transform(
         data, mapping[:3, :3], offset=mapping[:3, 3],

@@ -405,7 +405,7 @@ def raw_array(img) -> np.ndarray:
 
 def apply_mask(img, raw: np.ndarray, mask: np.ndarray):
     """Set masked voxels to zero intensity in the stored values; keep everything else."""
-    raw = raw.copy()
+    raw = raw.copy(order="K")  # nibabel's Fortran order kept: no transposing copy, and saved as stored
     raw[mask] = raw_zero(img, raw.dtype)
     raw = raw.reshape(img.shape)
     header = img.header.copy()

@@ -231,3 +231,47 @@ def test_each_scans_guard_outcome_is_in_its_provenance(guarded, tmp_path, monkey
     verdicts = [json.loads(p.read_text()) for p in (tmp_path / "rejected").rglob("figures/*.json")]
     assert verdicts and all(v["verdict"] == "flag" and any("atlas guard not used" in f for f in v["flags"])
                             for v in verdicts)
+
+
+STAGE_BOTH_WAYS = """
+import sys, tempfile
+import numpy as np
+import ants
+import nibabel as nib
+from deepdefacer.atlas import ants_image, affine_stage, load_atlas, random_seed
+from deepdefacer.conform import block_reduce
+from deepdefacer.pipeline import image_data
+img = nib.load(sys.argv[1])
+_, data = image_data(img)
+reduced, affine = block_reduce(data, img.affine, 4.5)
+fixed = ants.resample_image(ants_image(ants, reduced, affine), (3.0, 3.0, 3.0), False, 0)
+atlas = load_atlas()
+moving = ants_image(ants, atlas["head"], atlas["affine"])
+tmp = tempfile.mkdtemp()
+for kind, level in (("Rigid", (3, 1.5)), ("Affine", (2, 1))):
+    with random_seed(ants, 1):
+        wrapped = ants.registration(fixed, moving, type_of_transform=kind, outprefix=f"{tmp}/w{kind}_",
+                                    aff_metric="mattes", aff_iterations=(40,), aff_shrink_factors=(level[0],),
+                                    aff_smoothing_sigmas=(level[1],))
+    direct = affine_stage(ants, fixed, moving, kind, "[%s,%s,1]" % (ants.internal.get_pointer_string(fixed),
+                          ants.internal.get_pointer_string(moving)), 40, level, f"{tmp}/d{kind}_", 1)
+    a = ants.read_transform(wrapped["fwdtransforms"][0]).parameters
+    b = ants.read_transform(direct).parameters
+    print(kind, np.array_equal(a, b), float(np.abs(a).sum()))
+"""
+
+
+def test_the_direct_ants_stage_is_the_wrappers_registration(tmp_path):
+    """``affine_stage`` calls antsRegistration with the arguments ``ants.registration`` builds
+    (minus its warped images): on one ITK thread the transforms are bit-identical."""
+    pytest.importorskip("ants")
+    import os
+    import subprocess
+
+    scan = REPO / "examples" / "ds-demo" / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_T1w.nii.gz"
+    env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", STAGE_BOTH_WAYS, str(scan)], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out[0::3] == ["Rigid", "Affine"]
+    assert out[1::3] == ["True", "True"], out
+    assert all(float(size) > 0.1 for size in out[2::3])  # a transform was written, not an empty one

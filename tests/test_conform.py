@@ -93,3 +93,49 @@ def test_every_axis_order_gives_the_same_cube():
             continue
         np.testing.assert_allclose(cube.affine_ras, reference.affine_ras, atol=1e-3, err_msg=path.name)
         np.testing.assert_allclose(cube.array, reference.array, atol=1e-3, err_msg=path.name)
+
+
+@needs_data
+def test_the_arrays_memory_order_does_not_change_the_result():
+    """nibabel hands over Fortran-ordered arrays; resampling and block reduction run in the
+    array's own memory order (no transposed copy of the whole scan) and give the same values
+    for the C-ordered copy and for a transposed view of it."""
+    from deepdefacer.conform import block_reduce, head_box_ras
+
+    img = nib.load(SHARED / "heads" / "chris_t1w.nii.gz")
+    fortran = np.asarray(img.dataobj, dtype=np.float32)
+    assert fortran.flags.f_contiguous and not fortran.flags.c_contiguous
+    swap = np.eye(4)[[1, 0, 2, 3]]
+    layouts = {"fortran": (fortran, img.affine), "c": (np.ascontiguousarray(fortran), img.affine),
+               "transposed view": (np.transpose(np.ascontiguousarray(fortran), (1, 0, 2)), img.affine @ swap)}
+    cube = np.diag([4.0, 4.0, 4.0, 1.0])
+    cube[:3, 3] = img.affine[:3, 3] - 20
+    results = {}
+    for name, (data, affine) in layouts.items():
+        reduced, reduced_affine = block_reduce(data, affine, 4.5)
+        results[name] = (resample(data, affine, cube, (50, 50, 50)), head_box_ras(data, affine),
+                         resample(reduced, reduced_affine, cube, (50, 50, 50)))
+    expected = _scipy_trilinear(fortran, img.affine, cube, (50, 50, 50))
+    np.testing.assert_allclose(results["fortran"][0], expected, atol=1e-3 * float(fortran.max()))
+    for name in ("c", "transposed view"):
+        for got, want in zip(results[name], results["fortran"]):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
+
+
+def test_block_reduce_is_the_mean_of_each_whole_block():
+    """Per-axis sums of strided slices (fast) against the plain block mean in float64, for odd
+    shapes (the trailing partial blocks are dropped) and the block centre in the affine."""
+    from deepdefacer.conform import block_reduce
+
+    rng = np.random.default_rng(7)
+    data = rng.normal(100.0, 30.0, (31, 20, 17)).astype(np.float32)
+    affine = np.diag([1.0, 1.5, 3.0, 1.0])
+    for target, factors in ((4.5, (3, 2, 1)), (9.0, (6, 4, 2))):
+        reduced, reduced_affine = block_reduce(np.asfortranarray(data), affine, target)
+        n = [s // f for s, f in zip(data.shape, factors)]
+        blocks = data[: n[0] * factors[0], : n[1] * factors[1], : n[2] * factors[2]].astype(np.float64)
+        expected = blocks.reshape(n[0], factors[0], n[1], factors[1], n[2], factors[2]).mean(axis=(1, 3, 5))
+        assert reduced.dtype == np.float32 and reduced.shape == tuple(n)
+        np.testing.assert_allclose(reduced, expected, rtol=1e-5)
+        centre = affine @ np.array([(f - 1) / 2 for f in factors] + [1.0])
+        np.testing.assert_allclose(reduced_affine[:, 3], centre)
