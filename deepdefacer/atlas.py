@@ -14,7 +14,7 @@ A registration can fail (a cropped block, a scan far from an average head). A
 registered brain that covers more than ``MAX_FACE_OVERLAP_ML`` of the network's face is
 not trusted: the network's brain alone is used and the reason is logged.
 
-Needs antspyx (a core dependency since stop 15); on 2 cores it adds ~1.2-2.5 s a scan
+Needs antspyx (a core dependency since stop 15); on 2 cores it adds ~1.7-3.3 s a scan
 (docs/model.md, docs/benchmark.md). The registration is seeded (``random_seed``); reruns
 are bit-identical with one ITK thread. The atlas travels in the package
 (``models/atlas_pydeface_3mm.npz``, made by ``python -m deepdefacer.train.atlas``).
