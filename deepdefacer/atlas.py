@@ -121,7 +121,7 @@ def load_atlas() -> dict:
 
 
 def register_brain(data: np.ndarray, affine: np.ndarray, cube_affine: np.ndarray, plan,
-                   seed: int = SEED, fit: dict | None = None, levels=LEVELS) -> np.ndarray:
+                   seed: int = SEED, fit: dict | None = None) -> np.ndarray:
     """The atlas brain registered to the scan, as a probability on the cube's grid.
 
     Both fits start from the shift that puts the atlas's head where ``conform`` puts any
@@ -135,7 +135,6 @@ def register_brain(data: np.ndarray, affine: np.ndarray, cube_affine: np.ndarray
     start alone is right on every head (a rigid start misses the pose of the most
     chin-down head, ``Subj7_T1``); the choice was right on all 48 scans with 3 seeds
     (docs/model.md). ``fit``, when given, receives the chosen start and both similarities.
-    ``levels``: (shrink factor, smoothing sigma) of the two starts and of the refinement.
     """
     import tempfile
 
@@ -160,7 +159,7 @@ def register_brain(data: np.ndarray, affine: np.ndarray, cube_affine: np.ndarray
         start_file = f"{tmp}/start.mat"
         ants.write_transform(start, start_file)
 
-        def fit_stage(kind, initial, iterations, name, level=levels[0]):
+        def fit_stage(kind, initial, iterations, name, level=LEVELS[0]):
             return affine_stage(ants, fixed, moving, kind, initial, iterations, level, f"{tmp}/{name}_", seed)
 
         rigid = fit_stage("Rigid", start_file, RIGID_ITERATIONS, "rigid")
@@ -170,7 +169,7 @@ def register_brain(data: np.ndarray, affine: np.ndarray, cube_affine: np.ndarray
                                                         metric_type="Correlation"))
                       for name, path in candidates.items()}
         chosen = min(similarity, key=similarity.get)  # ITK's metrics are lower for better fits
-        final = fit_stage("Affine", candidates[chosen], ITERATIONS[1], "final", levels[1])
+        final = fit_stage("Affine", candidates[chosen], ITERATIONS[1], "final", LEVELS[1])
         cube = ants_image(ants, np.zeros(plan.shape, np.float32), cube_affine)
         brain = ants.apply_transforms(cube, ants_image(ants, atlas["brain"], atlas["affine"]), [final],
                                       interpolator="linear")
