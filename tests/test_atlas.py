@@ -153,6 +153,8 @@ def test_registration_leaves_no_files_behind(guarded, tmp_path, monkeypatch):
     from deepdefacer.conform import plausible_affine
     from deepdefacer.pipeline import image_data, predict
 
+    # TensorFlow writes its own autograph file on a model's first call: trace before watching.
+    guarded.predict(np.zeros(guarded.plan.shape, np.float32))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where ANTs writes its transforms
     img = nib.load(REPO / "examples" / "ds-demo" / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_T1w.nii.gz")
     _, data = image_data(img)
