@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from deepdefacer.atlas import START_SCALES
 from deepdefacer.conform import GridPlan, head_box_ras
 from deepdefacer.pipeline import deface_with_details, image_data
 
@@ -49,7 +50,6 @@ def test_the_atlas_crown_follows_the_fit():
 def test_a_fit_reused_on_another_cube_is_the_registrations_own_warp():
     """The raised cube reuses the fit: ``warp_brain`` carries the atlas brain through it as
     ANTs' warp of the registration does."""
-    pytest.importorskip("ants")
     from deepdefacer.atlas import register_brain, warp_brain
     from deepdefacer.conform import conform
 
@@ -63,14 +63,13 @@ def test_a_fit_reused_on_another_cube_is_the_registrations_own_warp():
 
 
 def test_a_crown_cut_by_the_field_of_view_is_placed_from_the_fit(defacer, network):
-    pytest.importorskip("ants")
     img = nib.load(SCAN)
     _, _, whole = deface_with_details(img, defacer)
     assert "CrownFromAtlasMM" not in whole  # a whole head: the box's top is the crown
     cut, _ = _cut_top(img, 25.0)
     defaced, mask, details = deface_with_details(cut, defacer)
     assert 17.0 <= details["CrownFromAtlasMM"] <= 35.0, details  # 25 mm were cut
-    assert details["AtlasGuard"]["Used"] and details["AtlasGuard"]["Start"] in ("direct", "rigid first")
+    assert details["AtlasGuard"]["Used"] and details["AtlasGuard"]["Start"] in (*START_SCALES, "rigid first")
     assert defacer.decision["AtlasCrown"] is True and "AtlasCrown" not in network.decision
     assert np.asarray(mask.dataobj).sum() > 1000
     _, _, alone = deface_with_details(cut, network)  # --no-atlas-guard: no fit, no crown
@@ -80,7 +79,6 @@ def test_a_crown_cut_by_the_field_of_view_is_placed_from_the_fit(defacer, networ
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data not found at {SHARED}")
 def test_the_crown_cut_validation_head_loses_both_eyes(defacer, monkeypatch):
     """Subj13_T1 with its top 25 mm cut kept an eye until stop 18 (docs/robustness.md)."""
-    pytest.importorskip("ants")
     from deepdefacer import pipeline
     from deepdefacer.train.evaluate import LANDMARK_NAMES, passes, reference_labels, score
 

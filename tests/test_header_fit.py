@@ -32,26 +32,9 @@ def _shrunk(path, factor=3.0):
     return img, out
 
 
-def test_world_transform_maps_points_as_itk_does():
-    ants = pytest.importorskip("ants")
-    from deepdefacer.atlas import LPS, world_transform
-
-    rng = np.random.default_rng(0)
-    matrix = np.eye(3) + 0.1 * rng.normal(size=(3, 3))
-    transform = ants.create_ants_transform(transform_type="AffineTransform", dimension=3, matrix=matrix,
-                                           translation=rng.normal(size=3) * 10, center=rng.normal(size=3) * 20)
-    world = world_transform(transform)
-    for point_ras in rng.normal(size=(5, 3)) * 50:
-        point_lps = LPS[:3, :3] @ point_ras
-        moved_lps = np.asarray(transform.apply_to_point(point_lps.tolist()))
-        np.testing.assert_allclose(world[:3, :3] @ point_ras + world[:3, 3], LPS[:3, :3] @ moved_lps,
-                                   atol=1e-6)
-
-
 def test_the_atlas_fit_measures_voxel_sizes_the_header_has_wrong():
     """A 1 x 6 x 1 mm scan stored with 0.33 x 2 x 0.33 mm voxels: the head-size rule (200 mm across)
     gives ~0.93 x 5.6 x 0.93 mm; the atlas's fit comes within 5% of the truth on every axis."""
-    pytest.importorskip("ants")
     from deepdefacer.atlas import fitted_voxel_sizes
 
     img, shrunk = _shrunk(SCAN)
@@ -73,7 +56,6 @@ def test_the_atlas_fit_measures_voxel_sizes_the_header_has_wrong():
 
 def test_an_implausible_header_costs_two_more_registrations(defacer, monkeypatch):
     """The fit of the sizes, then each size's own guard registration: two more in all."""
-    pytest.importorskip("ants")
     from deepdefacer import atlas
 
     calls = []
@@ -87,7 +69,6 @@ def test_an_implausible_header_costs_two_more_registrations(defacer, monkeypatch
 
 
 def test_an_implausible_fit_is_not_used(monkeypatch):
-    pytest.importorskip("ants")
     from deepdefacer import atlas
 
     def absurd(data, affine, cube_affine, plan, seed=1, fit=None):
@@ -141,7 +122,6 @@ def test_the_union_keeps_what_either_estimate_calls_brain():
 
 
 def test_the_fit_is_in_the_provenance_only_with_the_atlas(defacer, network):
-    pytest.importorskip("ants")
     _, shrunk = _shrunk(SCAN)
     _, mask, details = deface_with_details(shrunk, defacer)
     header = details["HeaderVoxelSizes"]
@@ -170,7 +150,6 @@ def test_the_fit_is_in_the_provenance_only_with_the_atlas(defacer, network):
 def test_the_cropped_block_loses_both_eyes(defacer, monkeypatch):
     """ndd_example4_crop_psr (64^3, stored as 0.94 x 0.94 x 1.2 mm) kept its right eye under the
     head-size rule alone (stops 12-17); the atlas fit (~3.3 x 3.4 x 2.7 mm) removes it."""
-    pytest.importorskip("ants")
     from deepdefacer import atlas
     from deepdefacer.train.evaluate import LANDMARK_NAMES, evaluate_head, passes
 

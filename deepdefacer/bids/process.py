@@ -66,14 +66,13 @@ def get_defacer(device: str, atlas_guard: bool = True):
     key = (device, atlas_guard)
     if key not in _defacers:
         if atlas_guard:
-            from deepdefacer.atlas import AtlasUnavailable, load_atlas, require_ants
+            from deepdefacer.atlas import load_atlas
 
             try:
-                require_ants()
                 load_atlas()
-            except (AtlasUnavailable, OSError) as exc:
-                what = exc if isinstance(exc, AtlasUnavailable) else f"the atlas guard cannot read its atlas: {exc}"
-                raise ModelLoadError(f"{what} (or --no-atlas-guard: the network's brain guard alone)") from exc
+            except OSError as exc:
+                raise ModelLoadError(f"the atlas guard cannot read its atlas: {exc} "
+                                     "(or --no-atlas-guard: the network's brain guard alone)") from exc
         try:
             from deepdefacer.model import load_defacer
 

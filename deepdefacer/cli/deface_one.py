@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     except Exception as exc:
         from deepdefacer.bids.process import ModelLoadError
 
-        if isinstance(exc, ModelLoadError):  # e.g. the atlas guard without antspyx
+        if isinstance(exc, ModelLoadError):  # e.g. an unreadable model or atlas
             print(f"deepdeface: {exc}", file=sys.stderr)
             return EXIT_SCANS_FAILED
         if args.verbose:

@@ -24,15 +24,36 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from deepdefacer.atlas import random_seed
 from deepdefacer.conform import plausible_affine
 from deepdefacer.train.data import DATA_ROOT, split, training_heads
+
+
+@contextmanager
+def random_seed(ants, seed: int):
+    """Seed ANTs' metric sampling for the registrations run inside this block.
+
+    antspyx 0.6 reads the seed from ``ants.config`` and silently drops
+    ``registration(random_seed=...)`` into ``**kwargs``: without this every run drew other
+    sample points. Reruns are then identical with one ITK thread
+    (``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1``).
+    """
+    config = getattr(ants, "config", None)
+    if config is None or not hasattr(config, "_random_seed"):
+        yield  # older antspyx: registration(random_seed=...) is honoured
+        return
+    before = config._random_seed
+    config._random_seed = int(seed)
+    try:
+        yield
+    finally:
+        config._random_seed = before
 
 
 def _ants():
