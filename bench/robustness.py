@@ -183,7 +183,7 @@ def _worker_init(atlas_guard: bool):
 def score_one(job):
     import nibabel as nib
 
-    from deepdefacer.pipeline import deface
+    from deepdefacer.pipeline import deface_with_details
     from deepdefacer.train.evaluate import passes, reference_labels, score
     from deepdefacer.train.labels import label_name
 
@@ -200,12 +200,14 @@ def score_one(job):
     changed = nib.Nifti1Image(np.ascontiguousarray(data, np.float32), affine)
     changed.set_qform(affine, 1)
     try:
-        _, mask_img = deface(changed, _DEFACER)
+        _, mask_img, details = deface_with_details(changed, _DEFACER)
     except Exception as exc:  # reported, not fatal: the other scans still count
         return {"head": name, "perturbation": kind, "error": f"{type(exc).__name__}: {exc}", "pass": False}
     mask = np.asarray(mask_img.dataobj).astype(bool)
     row = score(mask, data, labels["face"], labels["brain"], labels["landmarks"], labels.get("brain_affine"))
     row.update(head=name, perturbation=kind, shape=list(data.shape))
+    if "AtlasGuard" in details:  # whether the registration was trusted, its overlap with the face, its start
+        row["atlas_guard"] = details["AtlasGuard"]
     row["pass"] = passes(row)
     return row
 

@@ -54,6 +54,9 @@ POINTS = (12000, 50000)
 # The affine starts at 6 mm: the atlas at its own size and at 0.9x (an atrophied or small head's
 # right optimum, ``Subj7_T1``), besides a rigid fit first.
 START_SCALES = {"direct": 1.0, "direct at 0.9x": 0.9}
+# Names the fit above in every guarded output's provenance (Decision.AtlasRegistration): outputs made
+# with another (antsRegistration until stop 19) do not match and are redone.
+REGISTRATION = "mattes-affine-3-starts"
 SEED = 1
 
 

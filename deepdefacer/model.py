@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from deepdefacer.atlas import BRAIN_GAIN as ATLAS_BRAIN_GAIN
+from deepdefacer.atlas import REGISTRATION as ATLAS_REGISTRATION
 from deepdefacer.conform import GridPlan
 
 DEFAULT_MODEL = "deepdefacer_unet_v9"
@@ -90,7 +91,10 @@ class Defacer:
                 **({"AtlasBrainGuard": True, "AtlasBrainGain": ATLAS_BRAIN_GAIN,
                     # Stop 18: implausible headers' voxel sizes fitted, and a crown cut by the field
                     # of view placed from the fit (only those scans change).
-                    "AtlasHeaderFit": True, "AtlasCrown": True} if self.atlas_guard else {})}
+                    "AtlasHeaderFit": True, "AtlasCrown": True,
+                    # Stop 20: the guard's own registration (deepdefacer.registration) replaced
+                    # antsRegistration; guarded outputs made before it are redone.
+                    "AtlasRegistration": ATLAS_REGISTRATION} if self.atlas_guard else {})}
 
     @property
     def model_sha256(self) -> str:

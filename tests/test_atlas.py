@@ -84,8 +84,9 @@ def guarded(defacer):
 def test_the_guard_is_recorded_in_the_provenance_only_when_on(guarded, network):
     assert guarded.decision["AtlasBrainGuard"] is True
     assert guarded.decision["AtlasBrainGain"] == BRAIN_GAIN  # stop 15's guarded outputs are redone
+    assert guarded.decision["AtlasRegistration"] == "mattes-affine-3-starts"  # and stop 19's (ANTs)
     assert "AtlasBrainGuard" not in network.decision  # outputs made without it (before stop 15) match
-    assert "AtlasBrainGain" not in network.decision
+    assert "AtlasBrainGain" not in network.decision and "AtlasRegistration" not in network.decision
 
 
 def test_the_registered_brain_protects_beyond_its_own_threshold_edge(monkeypatch):
