@@ -195,7 +195,7 @@ def atlas_guard(face: np.ndarray, brain_fn, voxel_mm: float,
 
 def warp_brain(world: np.ndarray, cube_affine: np.ndarray, plan) -> np.ndarray:
     """The atlas brain on a cube through a fit already made (``world``: scan world -> atlas
-    world, RAS); trilinear, the same values as ANTs' warp of the registration."""
+    world, RAS); trilinear."""
     from scipy import ndimage
 
     atlas = load_atlas()
