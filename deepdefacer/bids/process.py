@@ -310,8 +310,9 @@ def run_jobs(jobs, settings: Settings, n_procs: int = 1, on_result=None, defacer
 
 
 def _init_worker(threads: int) -> None:
-    # ITK (the atlas guard's registration) reads its own variable when it starts.
-    for variable in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
+    # TensorFlow's and OpenMP's threads per worker (the atlas guard's registration is numpy since
+    # stop 20: no ITK threads to set).
+    for variable in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
         os.environ[variable] = str(threads)
     os.environ["TF_NUM_INTEROP_THREADS"] = "1"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
