@@ -614,7 +614,8 @@ def markdown(report) -> str:
         f"sha256 `{str(any_ours.get('model_sha256', '?'))[:12]}…`), one warm-up `deface()`, then the timed repeats "
         "(`deface()` on a fresh in-memory image each time, `d.predict(cube)`, and file to file).",
         "- **Ours** uses the atlas guard (the default since stop 15): an average brain registered to each scan "
-        "with antspyx (deepdefacer/atlas.py) is protected too. **`ours-network`** is the same with "
+        "(our own affine fit by mutual information since stop 20: deepdefacer/atlas.py, "
+        "deepdefacer/registration.py) is protected too. **`ours-network`** is the same with "
         "`defacer.atlas_guard = False` (`--no-atlas-guard`): the network's brain guard alone.",
         "- **DeepDefacer 2.1.2**: `pip install --no-deps deepdefacer==2.1.2` into `build/venv-deepdefacer-2019` "
         f"with what it imports ({', '.join(f'{k} {v}' for k, v in versions_old.items())}). Run by "
