@@ -126,12 +126,11 @@ def register_brain(data: np.ndarray, affine: np.ndarray, cube_affine: np.ndarray
     rigid = reg.fit_rigid(coarse, start, RIGID_ITERATIONS, TOLERANCE)[0]
     candidates["rigid first"] = reg.fit_affine(coarse, rigid, AFTER_RIGID_ITERATIONS, TOLERANCE)[0]
     values, points = reg.level_points(reduced, reduced_affine, ATLAS_MM, 0.0, None, rng)
-    fine = reg.MattesMI(values, points - centre, atlas["moving"][0.0])
-    similarity = {name: reg.correlation(fine, c, values) for name, c in candidates.items()}
+    similarity = {name: reg.correlation(atlas["moving"][0.0], c, values, points - centre)
+                  for name, c in candidates.items()}
     chosen = max(similarity, key=similarity.get)
-    if len(values) > POINTS[1]:
-        keep = np.sort(rng.choice(len(values), POINTS[1], replace=False))
-        fine = reg.MattesMI(values[keep], points[keep] - centre, atlas["moving"][0.0])
+    values, points = reg.subset(values, points, POINTS[1], rng)
+    fine = reg.MattesMI(values, points - centre, atlas["moving"][0.0])
     final = reg.fit_affine(fine, candidates[chosen], ITERATIONS[1], TOLERANCE)[0]
     world = final.world(centre)
     if fit is not None:

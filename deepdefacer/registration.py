@@ -208,17 +208,22 @@ def level_points(image: np.ndarray, affine: np.ndarray, spacing_mm: float, sigma
     step = np.maximum(1, np.round(spacing_mm / sizes)).astype(int)
     sub = image[:: step[0], :: step[1], :: step[2]]
     ijk = np.indices(sub.shape).reshape(3, -1).T * step
-    values = sub.ravel()
-    if count is not None and len(values) > count:
-        keep = np.sort(rng.choice(len(values), count, replace=False))
-        values, ijk = values[keep], ijk[keep]
-    return values, ijk @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+    return subset(sub.ravel(), ijk @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3], count, rng)
 
 
-def correlation(metric: MattesMI, fit: Affine, values: np.ndarray) -> float:
-    """Squared Pearson correlation of ``values`` with the moving image at the metric's points
-    under ``fit`` (either sign of contrast)."""
-    G, h = _voxel_map(metric, fit.A, fit.b)
-    m, _ = metric.moving.sample(G.astype(np.float32) @ metric.points + h.astype(np.float32)[:, None],
-                                gradient=False)
+def subset(values: np.ndarray, points: np.ndarray, count: int | None, rng: np.random.Generator):
+    """At most ``count`` of the (value, point) pairs, drawn with ``rng``, in their original order."""
+    if count is None or len(values) <= count:
+        return values, points
+    keep = np.sort(rng.choice(len(values), count, replace=False))
+    return values[keep], points[keep]
+
+
+def correlation(moving: MovingImage, fit: Affine, values: np.ndarray, points: np.ndarray) -> float:
+    """Squared Pearson correlation of ``values`` with ``moving`` at ``points`` (N x 3, relative to
+    the fit's centre) under ``fit`` (either sign of contrast)."""
+    to_voxels = moving.to_voxels
+    G, h = to_voxels[:3, :3] @ fit.A, to_voxels[:3, :3] @ fit.b + to_voxels[:3, 3]
+    p = np.ascontiguousarray(np.asarray(points, np.float32).T)
+    m, _ = moving.sample(G.astype(np.float32) @ p + h.astype(np.float32)[:, None], gradient=False)
     return float(np.corrcoef(values, m)[0, 1] ** 2)
