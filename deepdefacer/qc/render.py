@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deepdefacer.io import atomic_output, remove_stale_temporaries
 from deepdefacer.qc.volume import RasVolume, resample_isotropic
 
 # Each view: the RAS axis the rays travel along, whether the viewer sits at the
@@ -149,7 +150,7 @@ def upscale(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def write_png(path: Path | str, image: np.ndarray) -> Path:
-    """Write a uint8 grey or RGB array as PNG (zlib only), atomically."""
+    """Write a uint8 grey or RGB array as PNG (zlib only), atomically (deepdefacer.io)."""
     image = np.ascontiguousarray(image, dtype=np.uint8)
     if image.ndim == 2:
         colour_type, rows = 0, image
@@ -166,8 +167,9 @@ def write_png(path: Path | str, image: np.ndarray) -> Path:
            + chunk(b"IDAT", zlib.compress(raw, 6))
            + chunk(b"IEND", b""))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    partial.write_bytes(png)
-    partial.replace(path)
+    # A hidden temporary: one a kill leaves is ignored by the BIDS validator, and the next
+    # write of this figure removes it.
+    remove_stale_temporaries(path)
+    with atomic_output(path) as temporary:
+        temporary.write_bytes(png)
     return path
