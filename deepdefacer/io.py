@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import hashlib
 import json
+import math
 import os
 import uuid
 import zlib
@@ -42,12 +43,30 @@ def split_extension(path) -> tuple[str, str]:
 # Loading
 
 
+# Real scans stay far below this: 0.4 mm whole heads are ~512x512x400 (1.05e8 voxels) and 640^3
+# (a 256 mm field of view at 0.4 mm on every axis) still fits. Above it a header is either lying or
+# describes a volume whose float64 copy alone (2 GiB at the limit) and the model's working copies
+# would not fit in a workstation's memory, so it is refused before anything is allocated.
+MAX_VOXELS = 2**28
+
+# A head is at least ~150 mm across (left-right) and anatomical slices are spaced at most ~6-8 mm,
+# so every axis of a head scan has 19 voxels or more (the 6 mm heads in the test data have 28).
+# Counted in voxels, not millimetres, because headers can lie about voxel sizes. Fewer voxels is a
+# thumbnail, a localizer or noise, not a head the model could find a face in.
+MIN_VOXELS_PER_AXIS = 16
+
+GZIP_MAGIC = b"\x1f\x8b"
+NIFTI2_HEADER_BYTES = 540
+
+
 def load_image(path) -> nib.Nifti1Image:
     """Load and check one image so that everything the model needs is known to be readable.
 
     Returns a 3D NIfTI image whose voxel data is already read and cached (get_fdata), so a
     truncated file is found here and not half-way through the model. A 4D image with a single
-    volume (x, y, z, 1), as some converters write, is returned as 3D.
+    volume (x, y, z, 1), as some converters write, is returned as 3D. Everything the header
+    promises is checked against the file before any voxel is read, so a hostile or damaged
+    header costs a few bytes of memory, not what it claims.
     """
     path = Path(path)
     if path.is_symlink() and not path.exists():
@@ -62,6 +81,7 @@ def load_image(path) -> nib.Nifti1Image:
         raise InputError(path, "empty file (0 bytes)")
     if not path.name.endswith(NIFTI_EXTENSIONS):
         raise InputError(path, "not a NIfTI file name (expected .nii or .nii.gz)")
+    _check_nifti_header(path)
     try:
         img = nib.load(path)
     except Exception as exc:  # nibabel raises many types for bad files; all mean the same here
@@ -70,6 +90,54 @@ def load_image(path) -> nib.Nifti1Image:
         raise InputError(path, f"not a NIfTI image (read as {type(img).__name__})")
 
     shape = tuple(int(n) for n in img.shape)
+    _check_shape(path, shape)
+    _check_voxel_type(path, img.get_data_dtype())
+    _check_stored_size(path, img)
+    try:
+        data = img.get_fdata()
+    except Exception as exc:
+        raise InputError(path, f"corrupt voxel data ({_describe(exc, path)})") from None
+    if not np.isfinite(data).all():
+        count = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+        raise InputError(path, f"image contains {count} NaN or infinite voxels")
+    if data.min() == data.max():
+        raise InputError(path, f"image is empty (every voxel is {data.min():g})")
+    if len(shape) > 3:
+        img = nib.Nifti1Image(data.reshape(shape[:3]), img.affine, img.header)
+        img.get_fdata()
+    return img
+
+
+def _check_nifti_header(path: Path) -> None:
+    """Refuse what nibabel would refuse with a message that does not say why."""
+    try:
+        stream = open(path, "rb")
+    except PermissionError:
+        raise InputError(path, "permission denied (this user cannot read the file)") from None
+    with stream:
+        head = stream.read(NIFTI2_HEADER_BYTES)
+        compressed = head.startswith(GZIP_MAGIC)
+        if compressed:
+            stream.seek(0)
+            try:
+                head = gzip.GzipFile(fileobj=stream).read(NIFTI2_HEADER_BYTES)
+            except (OSError, EOFError, zlib.error) as exc:
+                raise InputError(path, f"damaged gzip stream ({exc})") from None
+    if head[344:347] not in (b"n+1", b"ni1") and head[4:7] not in (b"n+2", b"ni2"):
+        raise InputError(path, "not a NIfTI file (no NIfTI-1/NIfTI-2 header: wrong magic)")
+    # nibabel goes by the name, so a misnamed file would fail there as "not a gzipped file".
+    if compressed and not path.name.endswith(".gz"):
+        raise InputError(path, "gzip-compressed, although the name ends in .nii "
+                               "(rename it to .nii.gz)")
+    if not compressed and path.name.endswith(".gz"):
+        raise InputError(path, "not gzip-compressed, although the name ends in .nii.gz "
+                               "(rename it to .nii)")
+
+
+def _check_shape(path: Path, shape: tuple) -> None:
+    if any(n < 1 for n in shape):
+        raise InputError(path, f"invalid shape {shape} in the header: a dimension of "
+                               f"{min(shape)} (each must be at least 1)")
     if len(shape) > 3 and any(n != 1 for n in shape[3:]):
         raise InputError(path, f"{len(shape)}D image of shape {shape}: Deepdefacer takes one 3D "
                                "volume (split the series or deface its first volume with "
@@ -78,47 +146,60 @@ def load_image(path) -> nib.Nifti1Image:
     if len(spatial_shape) < 3 or sum(n > 1 for n in spatial_shape) < 3:
         raise InputError(path, f"{_dimensionality(spatial_shape)} image of shape {shape}: "
                                "a head scan needs three dimensions")
-    try:
-        data = img.get_fdata()
-    except Exception as exc:
-        raise InputError(path, _unreadable_data_reason(img, path, exc)) from None
-    if not np.isfinite(data).all():
-        count = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
-        raise InputError(path, f"image contains {count} NaN or infinite voxels")
-    if data.min() == data.max():
-        raise InputError(path, f"image is empty (every voxel is {data.min():g})")
-    if len(shape) > 3:
-        img = nib.Nifti1Image(data.reshape(spatial_shape), img.affine, img.header)
-        img.get_fdata()
-    return img
+    if min(spatial_shape) < MIN_VOXELS_PER_AXIS:
+        raise InputError(path, f"image of shape {shape} is too small to be a head scan (fewer "
+                               f"than {MIN_VOXELS_PER_AXIS} voxels along an axis)")
+
+
+def _check_voxel_type(path: Path, dtype: np.dtype) -> None:
+    if dtype.names:  # RGB24 and RGBA32 are structured: one byte a channel
+        raise InputError(path, f"{''.join(dtype.names)} colour image: a head scan has one value "
+                               "a voxel")
+    if np.issubdtype(dtype, np.complexfloating):
+        raise InputError(path, f"complex-valued image ({dtype}): deface the magnitude image")
 
 
 def _dimensionality(shape) -> str:
     return f"{max(1, sum(n > 1 for n in shape))}D"
 
 
-def _unreadable_data_reason(img, path: Path, exc: BaseException) -> str:
-    expected_bytes = int(np.prod(img.shape)) * img.get_data_dtype().itemsize
-    offset_bytes = int(getattr(img.dataobj, "offset", 352))
+def _check_stored_size(path: Path, img) -> None:
+    """Refuse a header that promises more voxel data than the file holds, or too many voxels."""
+    voxels = math.prod(int(n) for n in img.shape)  # Python ints: NIfTI-2 shapes overflow int64
+    itemsize = img.get_data_dtype().itemsize
+    offset = int(img.dataobj.offset)
+    # Counting stops at the largest image accepted, so an over-large file is not read to its end.
+    stop_at = offset + min(voxels, MAX_VOXELS + 1) * itemsize
     try:
-        stored_bytes = _uncompressed_size(path) - offset_bytes
-    except (OSError, EOFError, zlib.error):
-        stored_bytes = None  # the compressed stream itself is damaged
-    if stored_bytes is not None and stored_bytes < expected_bytes:
-        return (f"truncated: the header promises {expected_bytes} bytes of voxel data "
-                f"({'x'.join(map(str, img.shape))} {img.get_data_dtype()}), the file holds "
-                f"{max(stored_bytes, 0)}")
-    return f"corrupt voxel data ({_describe(exc, path)})"
+        held = _stored_bytes(path, stop_at)
+    except (OSError, zlib.error) as exc:
+        raise InputError(path, f"damaged gzip stream ({exc})") from None
+    if held < stop_at:
+        raise InputError(path, f"truncated: the header promises {voxels * itemsize} bytes of "
+                               f"voxel data ({'x'.join(map(str, img.shape))} "
+                               f"{img.get_data_dtype()}), the file holds {max(held - offset, 0)}")
+    if voxels > MAX_VOXELS:
+        raise InputError(path, f"image of shape {img.shape} has {voxels} voxels, more than "
+                               f"Deepdefacer's maximum of {MAX_VOXELS}")
 
 
-def _uncompressed_size(path: Path, chunk_bytes: int = 1 << 20) -> int:
+def _stored_bytes(path: Path, stop_at: int, chunk_bytes: int = 1 << 20) -> int:
+    """The file's (uncompressed) size in bytes, or stop_at if it holds at least that many.
+
+    A .nii.gz is decompressed a chunk at a time and the chunks are only counted, so memory stays
+    at one chunk whatever the header claims. A stream that breaks off counts as ending there.
+    """
     if not path.name.endswith(".gz"):
-        return path.stat().st_size
-    size = 0
+        return min(path.stat().st_size, stop_at)
+    held = 0
     with gzip.open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(chunk_bytes), b""):
-            size += len(chunk)
-    return size
+        with contextlib.suppress(EOFError):
+            while held < stop_at:
+                chunk = stream.read1(min(chunk_bytes, stop_at - held))
+                if not chunk:
+                    break
+                held += len(chunk)
+    return held
 
 
 def _describe(exc: BaseException, path=None) -> str:

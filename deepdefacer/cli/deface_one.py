@@ -22,6 +22,18 @@ def default_output(path: Path) -> Path:
     return path.with_name(f"{stem}_defaced.nii.gz")
 
 
+def output_problems(path: Path) -> list[str]:
+    """Why path cannot be written as an image; a mistyped folder must not be created silently."""
+    from deepdefacer.io import NIFTI_EXTENSIONS
+
+    problems = []
+    if not path.name.endswith(NIFTI_EXTENSIONS):
+        problems.append(f"{path}: an output must end in .nii or .nii.gz")
+    if not path.parent.is_dir():
+        problems.append(f"{path}: the folder {path.parent} does not exist")
+    return problems
+
+
 def build_parser() -> argparse.ArgumentParser:
     from deepdefacer.bids.outputs import deepdefacer_version
 
@@ -60,7 +72,10 @@ def main(argv=None) -> int:
     targets = [(args.input, output)] + [(other, default_output(other)) for other in args.applyto]
     written = [path for _, path in targets] + ([args.mask_out] if args.mask_out else [])
     inputs = {path.resolve() for path, _ in targets}
-    problems = [f"{path} would overwrite an input" for path in written if path.resolve() in inputs]
+    named = [path for path in (args.output, args.mask_out) if path]  # the others sit by inputs
+    problems = [problem for path in named for problem in output_problems(path)]
+    problems += [f"{path} would overwrite an input" for path in written
+                 if path.resolve() in inputs]
     if len({path.resolve() for path in written}) != len(written):
         problems.append("two outputs have the same name")
     if not args.force:
