@@ -20,7 +20,7 @@ EXAMPLE_DATASETS = sorted(p.name for p in BIDS_EXAMPLES.iterdir()) if BIDS_EXAMP
 CLEAR_REASONS = re.compile(
     r"^(mask source \S+ failed: )?"
     r"(empty file \(0 bytes\)|truncated: the header promises \d+ bytes"
-    r"|not a readable NIfTI file \(|image is empty \(every voxel is"
+    r"|not a readable NIfTI file \(|not a NIfTI file \(|image is empty \(every voxel is"
     r"|image contains \d+ NaN or infinite voxels)")
 
 
@@ -151,3 +151,74 @@ def test_mask_from_t1w_carries_the_mask_within_each_session(demo_layout):
     assert "no T1w" in next(job.note for job in planned if job.label == ALL_DEMO[2])
     without = jobs.plan_jobs(scans)
     assert [job.label for job in without] == ALL_DEMO
+
+
+# ---------------------------------------------------------------------------------------------
+# --bids-filter-file content
+
+
+def test_filter_entities_are_pybids_entities():
+    from bids.layout.models import Config
+
+    pybids = {entity.name for entity in Config.load("bids").entities.values()}
+    assert set(select.FILTER_ENTITIES) <= pybids
+    # Left out on purpose: the key fixes the suffix; scans and fmap name no anatomical file.
+    assert pybids - set(select.FILTER_ENTITIES) == {"suffix", "scans", "fmap"}
+    assert set(select.FILTER_ENTITY_SHORT_NAMES.values()) <= set(select.FILTER_ENTITIES)
+
+
+def test_valid_filters_pass_the_check_and_select_as_before(demo_layout):
+    filters = {"T1w": {"run": [1, "2"], "session": None, "reconstruction": None,
+                       "datatype": "anat", "extension": ".nii.gz"},
+               "pdw": {"session": 2, "part": None}}
+    checked = select.check_bids_filters(filters)
+    assert set(checked) == {"t1w", "pdw"}
+    assert _relpaths(select.select_scans(demo_layout, bids_filters=checked)) == \
+        ALL_DEMO[1:4]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sidecars that cannot be read
+
+
+def test_a_broken_sidecar_is_named_in_a_warning_and_the_scan_still_selected(tmp_path, caplog):
+    import shutil
+
+    dataset = tmp_path / "ds"
+    shutil.copytree(DEMO, dataset)
+    own = dataset / "sub-01/ses-1/anat/sub-01_ses-1_T1w.json"
+    own.write_text('{"MagneticFieldStrength": 1.5,')
+    inherited = dataset / "T2w.json"  # at the root: every T2w of the dataset inherits it
+    inherited.write_text('["not", "an object"]')
+    layout = select.open_layout(dataset)
+    with caplog.at_level("WARNING", logger="deepdefacer"):
+        scans = {scan.relpath: scan for scan in select.select_scans(layout)}
+    assert list(scans) == ALL_DEMO
+    assert scans[ALL_DEMO[0]].metadata == {}
+    assert scans[ALL_DEMO[1]].metadata["MagneticFieldStrength"] == 1.5  # its own sidecar
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2, messages
+    assert messages[0].startswith(f"{own}: unreadable JSON (JSONDecodeError: ")
+    assert messages[1].startswith(f"{inherited}: not a JSON object (a list)")
+    assert all("metadata is missing from the defaced images' sidecars" in m for m in messages)
+    # The group level reads no metadata, so it does not warn again.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="deepdefacer"):
+        assert _relpaths(select.select_scans(layout, metadata=False)) == ALL_DEMO
+    assert caplog.records == []
+
+
+def test_an_unreadable_sidecar_is_named_in_a_warning(tmp_path, caplog):
+    import shutil
+
+    dataset = tmp_path / "ds"
+    shutil.copytree(DEMO, dataset)
+    sidecar = dataset / "sub-01/ses-2/anat/sub-01_ses-2_PDw.json"
+    sidecar.unlink()
+    sidecar.mkdir()  # a name that cannot be read as a file, even by root
+    layout = select.open_layout(dataset)
+    with caplog.at_level("WARNING", logger="deepdefacer"):
+        scans = select.select_scans(layout, suffixes=["PDw"])
+    assert _relpaths(scans) == [ALL_DEMO[2]]
+    [record] = caplog.records
+    assert record.getMessage().startswith(f"{sidecar}: unreadable JSON (IsADirectoryError")

@@ -43,18 +43,54 @@ needs_validator = pytest.mark.skipif(not _has_validator(),
     (["{demo}", "{out}", "participant", "--suffix", "T2w", "--mask-from", "T1w"],
      "--mask-from T1w needs T1w among the selected suffixes"),
     (["{missing}", "{out}", "participant"], "no such folder"),
+    (["{a_file}", "{out}", "participant"], "bad.json is a file, not a folder"),
     (["{demo}", "{out}", "participant", "--verbose", "--quiet"], "not allowed with argument"),
 ])
 def test_usage_errors_exit_2_and_write_nothing(arguments, message, tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "bad_key.json").write_text(json.dumps({"bold": {"task": "rest"}}))
     values = {"demo": DEMO, "out": tmp_path / "out", "missing": tmp_path / "missing",
-              "bad_json": tmp_path / "bad.json", "bad_key": tmp_path / "bad_key.json"}
+              "bad_json": tmp_path / "bad.json", "bad_key": tmp_path / "bad_key.json",
+              "a_file": tmp_path / "bad.json"}
     status = main([argument.format(**values) for argument in arguments])
     captured = capsys.readouterr()
     assert status == 2
     assert message in captured.err
     assert "usage: deepdefacer" in captured.err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("filters, message", [
+    ({"t1w": {"foo": "x"}}, '"t1w": unknown entity "foo"; pybids names entities in full: '
+                            "subject, session"),
+    ({"t1w": {"acq": "mprage"}}, '"t1w": unknown entity "acq" (did you mean acquisition?)'),
+    ({"t1w": {"acquisition": {"label": "mprage"}}},
+     '"t1w": "acquisition": a value is a string, an integer, null or "*" (or a list of them), '
+     "not an object"),
+    (["t1w"], "the top level must be an object mapping suffixes to entity filters, not a list"),
+    ({"t1w": "mprage"}, '"t1w" must map entities to values, not a string'),
+    ({"t1w": {"datatype": "foo"}}, '"t1w": "datatype": "foo" is not a BIDS datatype; '
+                                   "Deepdefacer selects anatomical (anat) images only"),
+    ({"t1w": {"datatype": "func"}}, '"t1w": "datatype": "func"; Deepdefacer selects anatomical'),
+    ({"t1w": {"suffix": "T2w"}}, 'the key "t1w" already selects the suffix'),
+    ({"t1w": {"run": 1.5}}, '"t1w": "run": 1.5 is not an index'),
+    ({"t1w": {"run": True}}, '"t1w": "run": true is not an index'),
+    ({"t1w": {"run": []}}, '"t1w": "run": an empty list, which pybids would ignore'),
+    ({"t1w": {"part": "magnitude"}}, '"part": "magnitude" is not one of "mag", "phase"'),
+    ({"t1w": {"acquisition": "mp rage"}}, '"mp rage" is not a BIDS label'),
+    ({"t1w": {"extension": ".mgz"}}, '"extension": ".mgz" is not one of ".nii", ".nii.gz"'),
+])
+def test_bids_filter_content_errors_are_usage_errors(filters, message, tmp_path, capsys):
+    path = tmp_path / "filters.json"
+    path.write_text(json.dumps(filters))
+    status = main([str(DEMO), str(tmp_path / "out"), "participant", "--skip-bids-validation",
+                   "--bids-filter-file", str(path)])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "usage: deepdefacer" in err
+    assert f"argument --bids-filter-file/--bids_filter_file: {path}: " in err
+    assert message in err
+    assert "Traceback" not in err and "sqlalchemy" not in err.lower()
     assert not (tmp_path / "out").exists()
 
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from deepdefacer.bids.outputs import LAYOUTS, deepdefacer_version
-from deepdefacer.bids.select import ANATOMICAL_SUFFIXES, DEFAULT_SUFFIXES
+from deepdefacer.bids.select import ANATOMICAL_SUFFIXES, DEFAULT_SUFFIXES, check_bids_filters
 
 EXIT_OK, EXIT_SCANS_FAILED, EXIT_USAGE, EXIT_INVALID_DATASET = 0, 1, 2, 3
 EXIT_QC_FLAGGED = 4  # group level with --fail-on-flag: the QC report flagged a scan
@@ -20,6 +20,8 @@ DEVICES = ("auto", "cpu", "gpu")
 
 def existing_folder(value: str) -> Path:
     path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value} is a file, not a folder")
     if not path.is_dir():
         raise argparse.ArgumentTypeError(f"no such folder: {value}")
     return path.absolute()
@@ -48,23 +50,18 @@ def suffix(value: str) -> str:
 def bids_filter_file(value: str) -> dict:
     """fmriprep-style filters: {"t1w": {"acquisition": "mprage"}, "flair": {"run": 1}}."""
     path = Path(value)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value} is a folder, not a file")
     if not path.is_file():
         raise argparse.ArgumentTypeError(f"no such file: {value}")
     try:
         filters = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise argparse.ArgumentTypeError(f"{value} is not valid JSON ({exc})") from None
-    if not isinstance(filters, dict) or not all(isinstance(v, dict) for v in filters.values()):
-        raise argparse.ArgumentTypeError(
-            f"{value} must map suffixes to entity filters, e.g. "
-            '{"t1w": {"acquisition": "mprage", "run": 1}}')
-    known = {name.lower() for name in ANATOMICAL_SUFFIXES}
-    unknown = sorted(key for key in filters if key.lower() not in known)
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"{value}: unknown key(s) {', '.join(unknown)}; keys are lower-case anatomical "
-            f"suffixes such as {', '.join(name.lower() for name in DEFAULT_SUFFIXES[:4])}")
-    return {key.lower(): entities for key, entities in filters.items()}
+    try:
+        return check_bids_filters(filters)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value}: {exc}") from None
 
 
 def positive_int(value: str) -> int:
@@ -125,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fail-on-flag", "--fail_on_flag", action="store_true",
                      help="group level: exit with code 4 when the QC report flags any scan "
                           "(a gate for pipelines)")
+    run.add_argument("--allow-unverified", action="store_true",
+                     help="also write a scan whose face check fails (a face still found, no "
+                          "face to compare with on the original, or nothing removed), for "
+                          "inspection; it is still reported as failed")
+    run.add_argument("--copy-undefaced-anat", action="store_true",
+                     help="--layout bids: copy the anatomical images not selected for "
+                          "defacing into the copy with their faces (default: left out, and the "
+                          "run fails)")
     run.add_argument("--skip-qc", action="store_true",
                      help="no per-scan QC figures and verdicts (sub-<label>/figures/; "
                           "derivatives layout only)")
