@@ -125,25 +125,56 @@ def head_box_ras(data: np.ndarray, affine: np.ndarray, step_mm: float = 4.0):
 # stored with 1 mm voxels), not a tiny head.
 MIN_HEAD_MM = 100.0
 ASSUMED_HEAD_MM = 200.0
+# One axis alone can give the lie away: a head under MIN_HEAD_MM wide (left-right: fields of
+# view are often tight there, but never narrower than a head), or a whole head (not cut by the
+# field of view) that short along another axis (a 2 mm head stored as 1 mm is ~85 mm wide), or a
+# head wider than MAX_WIDTH_MM or longer than MAX_HEAD_MM along any axis (a 1 mm head stored as
+# 2 mm). On every real scan here the head's box is 160-216 mm wide (left-right) and at most
+# 256 mm along any axis (docs/reliability.md). Such a head is scaled so that its width is
+# TYPICAL_WIDTH_MM: the width is the axis a field of view cuts least.
+MAX_WIDTH_MM = 260.0
+MAX_HEAD_MM = 320.0
+TYPICAL_WIDTH_MM = 180.0
+# A head box within this of the field of view's edge is taken to be cut there (the box is
+# found on a 4 mm grid).
+FOV_EDGE_MM = 6.0
 
 
 def plausible_affine(data: np.ndarray, affine: np.ndarray, box=None):
     """The affine to use for the model, and the scale applied to the header's voxel sizes.
 
-    When the head would be implausibly small, the voxel sizes are scaled (about the head's
-    centre) so that it spans ``ASSUMED_HEAD_MM``; the output keeps the original header.
-    ``box``: ``head_box_ras(data, affine)`` when the caller already has it.
+    When the head would be implausibly small in every direction, the voxel sizes are scaled
+    (about the head's centre) so that it spans ``ASSUMED_HEAD_MM``; when it is implausible
+    along one axis (``implausible_extent``), so that its width is ``TYPICAL_WIDTH_MM``. The
+    output keeps the original header. ``box``: ``head_box_ras(data, affine)`` when the caller
+    already has it.
     """
     box_min, box_max = head_box_ras(data, affine) if box is None else box
     extent = float(np.max(box_max - box_min))
-    if extent >= MIN_HEAD_MM:
+    if extent < MIN_HEAD_MM:
+        scale = ASSUMED_HEAD_MM / max(extent, 1.0)
+    elif implausible_extent(box_min, box_max, world_extent(affine, data.shape)):
+        scale = TYPICAL_WIDTH_MM / max(float(box_max[0] - box_min[0]), 1.0)
+    else:
         return np.asarray(affine, float), 1.0
-    scale = ASSUMED_HEAD_MM / max(extent, 1.0)
     centre = (box_min + box_max) / 2.0
     about_centre = np.eye(4)
     about_centre[:3, :3] *= scale
     about_centre[:3, 3] = centre - scale * centre
     return about_centre @ np.asarray(affine, float), scale
+
+
+def implausible_extent(box_min, box_max, field_of_view) -> str | None:
+    """Why a head's RAS box cannot be a head at the header's voxel sizes, or None."""
+    extent = np.asarray(box_max, float) - np.asarray(box_min, float)
+    fov_min, fov_max = field_of_view
+    whole = (np.asarray(box_min) > fov_min + FOV_EDGE_MM) & (np.asarray(box_max) < fov_max - FOV_EDGE_MM)
+    for axis, name in enumerate(("left-right", "front-back", "top-bottom")):
+        if (whole[axis] or axis == 0) and extent[axis] < MIN_HEAD_MM:
+            return f"the whole head is only {extent[axis]:.0f} mm {name}"
+        if extent[axis] > MAX_HEAD_MM or (axis == 0 and extent[axis] > MAX_WIDTH_MM):
+            return f"the head is {extent[axis]:.0f} mm {name}"
+    return None
 
 
 def cube_affine(box_min: np.ndarray, box_max: np.ndarray, plan: GridPlan) -> np.ndarray:

@@ -12,3 +12,9 @@ class InputError(Exception):
         self.path = str(path) if path is not None else "<image>"
         self.reason = str(reason)
         super().__init__(f"{self.path}: {self.reason}")
+
+
+class OutputError(InputError, OSError):
+    """An output that cannot be written (no space left, a read-only folder): the user's to fix,
+    so it is reported like an input problem, naming the file, never as a traceback. Still an
+    OSError, for callers that handle a failed write as one."""

@@ -23,7 +23,7 @@ import numpy as np
 from nibabel.openers import ImageOpener
 from nibabel.volumeutils import array_to_file
 
-from deepdefacer.errors import InputError
+from deepdefacer.errors import InputError, OutputError
 
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 TEMPORARY_MARKER = ".deepdefacer-tmp-"
@@ -245,14 +245,21 @@ def remove_stale_temporaries(final_path) -> None:
 
 @contextlib.contextmanager
 def atomic_output(final_path):
-    """Yield a temporary path; on success fsync it and rename it to final_path, else delete it."""
+    """Yield a temporary path; on success fsync it and rename it to final_path, else delete it.
+
+    An OSError (a full disk, a read-only or vanished folder) becomes an OutputError naming
+    final_path: the hidden temporary's name would mean nothing to the user.
+    """
     final_path = Path(final_path)
-    final_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_path(final_path)
     try:
+        final_path.parent.mkdir(parents=True, exist_ok=True)
         yield temporary
         _fsync(temporary)
         os.replace(temporary, final_path)
+    except OSError as exc:
+        raise OutputError(final_path, f"{(exc.strerror or str(exc)).lower()} writing {final_path}") \
+            from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()

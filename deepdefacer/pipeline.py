@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from deepdefacer.conform import (ASSUMED_HEAD_MM, conform, head_box_ras, native_box,
+from deepdefacer.conform import (conform, head_box_ras, native_box,
                                  plausible_affine, to_native, voxel_sizes)
 from deepdefacer.errors import InputError
 
@@ -47,8 +47,8 @@ def deface_with_details(img, defacer=None):
     details = {}
     affines = [affine]
     if scale != 1.0:
-        log.warning("%s: the head is only %.0f mm across with the header's voxel sizes; "
-                    "assuming they are %.1fx too small", name, ASSUMED_HEAD_MM / scale, scale)
+        log.warning("%s: the head's size is implausible with the header's voxel sizes; "
+                    "assuming they are %.2fx what the header says", name, scale)
         if getattr(defacer, "atlas_guard", False):
             fitted, details["HeaderVoxelSizes"] = header_voxel_sizes(data, img.affine, affine,
                                                                      defacer.plan, name)
@@ -320,8 +320,17 @@ def image_data(img) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(name, f"expected a 3D image, got {len(img.shape)}D with shape {img.shape}")
     if min(shape) < 4:
         raise InputError(name, f"image is too thin to be a head scan (shape {img.shape})")
+    header = img.header
+    if img.affine is None or "qform_code" in header and int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
+        # nibabel then makes up an affine from the voxel sizes alone, and which way the head faces
+        # is a guess: a real IXI head read that way lost 2.7% of its voxels from one side, and kept
+        # its face.
+        raise InputError(name, "the header has no orientation (qform_code and sform_code are both "
+                               "0), so which way the head faces is unknown; set it (e.g. convert "
+                               "the DICOMs again with dcm2niix) before defacing")
     if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-9:
         raise InputError(name, "the image affine is not a valid voxel-to-world transform")
+
     try:
         raw = raw_array(img).reshape(shape)
     except Exception as exc:  # truncated or corrupt files surface here

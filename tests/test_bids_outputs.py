@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -67,9 +68,10 @@ def test_bids_copy_links_everything_but_the_defaced_images(tmp_path):
     copied = {p.relative_to(tmp_path / "out").as_posix()
               for p in (tmp_path / "out").rglob("*") if p.is_file()}
     everything = {p.relative_to(dataset).as_posix() for p in dataset.rglob("*") if p.is_file()}
-    assert copied == everything - excluded
-    # The PDw was not selected: copied as it is, and reported.
-    assert report.not_defaced == ["sub-01/ses-2/anat/sub-01_ses-2_PDw.nii.gz"]
+    # The PDw was not selected: it has its face, so it is left out of the copy, and reported.
+    pdw = "sub-01/ses-2/anat/sub-01_ses-2_PDw.nii.gz"
+    assert copied == everything - excluded - {pdw}
+    assert report.not_defaced == [pdw] and report.included_undefaced == []
     for relpath in copied:
         source, target = os.stat(dataset / relpath), os.stat(tmp_path / "out" / relpath)
         assert (source.st_dev, source.st_ino) == (target.st_dev, target.st_ino)  # hard link
@@ -79,12 +81,38 @@ def test_bids_copy_links_everything_but_the_defaced_images(tmp_path):
     make_writable(dataset)
 
 
+def test_bids_copy_leaves_out_faces_it_was_not_asked_to_deface(tmp_path):
+    """Unselected anatomy of any suffix, DICOMs and derivatives stay out of the upload-ready copy;
+    an image copied there by an earlier run is removed; asked explicitly, anatomy is copied."""
+    dataset = tmp_path / "ds"
+    shutil.copytree(DEMO, dataset)
+    t1w = "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz"
+    unusual = "sub-01/ses-1/anat/sub-01_ses-1_angio.nii.gz"  # no suffix Deepdefacer selects
+    shutil.copy(dataset / t1w, dataset / unusual)
+    for folder in ("sourcedata/sub-01", "derivatives/fmriprep/sub-01/anat"):
+        (dataset / folder).mkdir(parents=True)
+        shutil.copy(dataset / t1w, dataset / folder / "face.nii.gz")
+    out = tmp_path / "out"
+    (out / "sub-01/ses-1/anat").mkdir(parents=True)
+    os.link(dataset / unusual, out / unusual)  # as the copy of an earlier version left it
+    report = layout_bids.copy_dataset(dataset, out, {t1w})
+    copied = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert unusual in report.not_defaced and unusual not in copied
+    assert report.left_out_folders == ["derivatives", "sourcedata"]
+    assert not any(relpath.startswith(("sourcedata", "derivatives")) for relpath in copied)
+    assert not any(relpath.endswith((".nii", ".nii.gz")) for relpath in copied)  # every image has a face
+    assert "sub-01/ses-1/anat/sub-01_ses-1_T2w.json" in copied  # sidecars are not faces
+    again = layout_bids.copy_dataset(dataset, out, {t1w}, include_undefaced=True)
+    assert again.not_defaced == [] and unusual in again.included_undefaced
+    assert (out / unusual).read_bytes() == (dataset / unusual).read_bytes()
+
+
 def test_bids_copy_of_selected_participants_only(tmp_path):
     report = layout_bids.copy_dataset(DEMO, tmp_path / "out", set(), participant_labels=["02"])
     copied = sorted(p.relative_to(tmp_path / "out").as_posix()
                     for p in (tmp_path / "out").rglob("*") if p.is_file())
     assert not any(relpath.startswith("sub-01") for relpath in copied)
-    assert "sub-02/anat/sub-02_run-2_T1w.nii" in copied
+    assert report.not_defaced == ["sub-02/anat/sub-02_run-1_T1w.nii.gz", "sub-02/anat/sub-02_run-2_T1w.nii"]
     assert "dataset_description.json" in copied and report.failed == []
 
 

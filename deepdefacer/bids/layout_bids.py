@@ -1,10 +1,14 @@
 """--layout bids: an upload-ready copy of the dataset, defaced images in place of the originals.
 
-Everything that is not a selected anatomical image is copied unchanged: hard-linked when input and
-output share a file system (no extra space, and safe because Deepdefacer never writes into an
-existing file: every output is a new file renamed into place), copied otherwise. Selected images
-are never copied: each one is written defaced by the job that processes it, and an image whose
-defacing failed is absent from the copy rather than present with its face.
+The copy must not hold a face. Selected images are never copied: each one is written defaced by
+the job that processes it once its face check has passed, and an image whose defacing failed is
+absent from the copy rather than present with its face. Every other image under anat/ (a suffix
+not selected, a T1map, an angio) is a head image with its face, so it is left out too and
+reported, unless the user asks for it explicitly (``include_undefaced``). ``sourcedata/`` (DICOMs)
+and ``derivatives/`` (e.g. a preprocessed T1w with its face) are not raw data to upload and are
+left out. Everything else is copied unchanged: hard-linked when input and output share a file
+system (no extra space, and safe because Deepdefacer never writes into an existing file: every
+output is a new file renamed into place), copied otherwise.
 """
 
 from __future__ import annotations
@@ -15,12 +19,12 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deepdefacer.bids.names import parse_name
-from deepdefacer.bids.select import ANATOMICAL_SUFFIXES
 from deepdefacer.io import atomic_output
 
 # Version-control and annex internals are not part of the dataset to upload.
 SKIPPED_NAMES = {".git", ".datalad", ".gitattributes", ".gitmodules"}
+# Top-level folders that hold data other than the raw dataset (faces included).
+SKIPPED_TOP_LEVEL = {"sourcedata", "derivatives"}
 
 
 @dataclass
@@ -28,12 +32,16 @@ class CopyReport:
     copied: int = 0
     up_to_date: int = 0
     failed: list = field(default_factory=list)        # (relpath, reason)
-    not_defaced: list = field(default_factory=list)   # anatomical images copied as they are
+    not_defaced: list = field(default_factory=list)   # anatomical images not selected (left out)
+    included_undefaced: list = field(default_factory=list)  # ... copied anyway, as asked
+    left_out_folders: list = field(default_factory=list)  # sourcedata/, derivatives/
 
 
 def copy_dataset(bids_dir, output_dir, excluded_relpaths, participant_labels=None,
-                 session_labels=None) -> CopyReport:
-    """Copy bids_dir to output_dir except excluded_relpaths (the images Deepdefacer writes).
+                 session_labels=None, include_undefaced: bool = False) -> CopyReport:
+    """Copy bids_dir to output_dir except excluded_relpaths (the images Deepdefacer writes),
+    the anatomical images not among them (unless ``include_undefaced``), sourcedata/ and
+    derivatives/.
 
     With participant or session labels only those subjects' and sessions' folders are copied
     (plus everything outside sub-*), so parallel runs on different participants each copy
@@ -44,6 +52,9 @@ def copy_dataset(bids_dir, output_dir, excluded_relpaths, participant_labels=Non
     report = CopyReport()
     for dirpath, dirnames, filenames in os.walk(bids_dir):
         relative_dir = Path(dirpath).relative_to(bids_dir)
+        if relative_dir == Path("."):
+            report.left_out_folders = sorted(name for name in dirnames if name in SKIPPED_TOP_LEVEL)
+            dirnames[:] = [name for name in dirnames if name not in SKIPPED_TOP_LEVEL]
         dirnames[:] = sorted(name for name in dirnames
                              if name not in SKIPPED_NAMES
                              and _wanted(relative_dir / name, participant_labels, session_labels))
@@ -54,7 +65,11 @@ def copy_dataset(bids_dir, output_dir, excluded_relpaths, participant_labels=Non
             if relpath in excluded:
                 continue
             if _is_anatomical_image(relative_dir, filename):
-                report.not_defaced.append(relpath)
+                if not include_undefaced:
+                    report.not_defaced.append(relpath)
+                    _remove_earlier_copy(bids_dir / relpath, output_dir / relpath)
+                    continue
+                report.included_undefaced.append(relpath)
             _copy_one(bids_dir / relpath, output_dir / relpath, relpath, report)
     return report
 
@@ -72,11 +87,19 @@ def _wanted(relative: Path, participant_labels, session_labels) -> bool:
 
 
 def _is_anatomical_image(relative_dir: Path, filename: str) -> bool:
+    """Any image under sub-*/[ses-*/]anat/ but a defacing mask: whatever its suffix, it shows
+    the head (and a file whose name BIDS cannot parse is no safer)."""
     if relative_dir.name != "anat" or not relative_dir.parts[0].startswith("sub-"):
         return False
-    name = parse_name(filename)
-    return name is not None and name.suffix in ANATOMICAL_SUFFIXES \
-        and name.extension in (".nii", ".nii.gz")
+    stem = filename.split(".nii")[0]
+    return filename.endswith((".nii", ".nii.gz")) and not stem.endswith("_defacemask")
+
+
+def _remove_earlier_copy(source: Path, target: Path) -> None:
+    """A copy an earlier run (or version) made of an image that is now left out."""
+    if target.is_file() and _same_file(source, target):
+        with contextlib.suppress(OSError):
+            target.unlink()
 
 
 def _copy_one(source: Path, target: Path, relpath: str, report: CopyReport) -> None:

@@ -24,7 +24,8 @@ from deepdefacer.bids.jobs import Job, MaskGroup
 from deepdefacer.bids.names import BidsName
 from deepdefacer.bids.select import Scan
 from deepdefacer.errors import InputError
-from deepdefacer.io import create_json_exclusive, create_text_exclusive, read_json
+from deepdefacer.io import create_json_exclusive, create_text_exclusive, read_json, split_extension
+from deepdefacer.qc.participant import RENDER_SUFFIX, SLICES_SUFFIX, VERDICT_SUFFIX
 
 LAYOUTS = ("derivatives", "bids")
 SOFTWARE_NAME = "Deepdefacer"
@@ -69,11 +70,16 @@ def defaced_name(name: BidsName) -> BidsName:
 # Paths
 
 
+# QC files of a scan in sub-<label>/figures/ (derivatives layout), named after the source file.
+QC_SUFFIXES = (RENDER_SUFFIX, SLICES_SUFFIX, VERDICT_SUFFIX)
+
+
 @dataclass
 class ScanOutput:
     scan: Scan
     image: Path
     sidecar: Path | None  # derivatives only: in the bids layout the source sidecar is copied
+    qc_files: tuple = ()  # derivatives only: the QC figures and verdict (verdict last)
 
     @property
     def relpath(self) -> str:
@@ -98,9 +104,12 @@ def plan_outputs(job: Job, output_dir, layout: str) -> list[GroupOutput]:
             if layout == "derivatives":
                 image = folder / str(defaced_name(scan.name))
                 sidecar = folder / str(defaced_name(scan.name).replace(extension=".json"))
+                figures = output_dir / scan.relpath.split("/")[0] / "figures"
+                stem = split_extension(scan.relpath)[0]
+                qc_files = tuple(figures / f"{stem}{suffix}" for suffix in QC_SUFFIXES)
+                scan_outputs.append(ScanOutput(scan, image, sidecar, qc_files))
             else:
-                image, sidecar = output_dir / scan.relpath, None
-            scan_outputs.append(ScanOutput(scan, image, sidecar))
+                scan_outputs.append(ScanOutput(scan, output_dir / scan.relpath, None))
         mask = folder / str(group.mask_name)
         mask_sidecar = folder / str(group.mask_name.replace(extension=".json"))
         planned.append(GroupOutput(group, mask, mask_sidecar, scan_outputs))
@@ -113,6 +122,7 @@ def all_paths(planned) -> list[Path]:
         paths += [group_output.mask, group_output.mask_sidecar]
         for scan_output in group_output.scans:
             paths += [p for p in (scan_output.image, scan_output.sidecar) if p is not None]
+            paths += list(scan_output.qc_files)
     return paths
 
 
@@ -128,9 +138,10 @@ def source_uri(scan_relpath: str, layout: str) -> str:
 
 def provenance_key(model_sha256: str, input_sha256: dict, mask_source: str,
                    mask_source_sha256: str, decision: dict | None = None) -> dict:
-    """What must match for an output to count as done (same model, thresholds, inputs)."""
+    """What must match for an output to count as done (same model, thresholds, inputs, and a
+    face check that passed: an output written unverified, or before the check existed, is redone)."""
     key = {"ModelSHA256": model_sha256, "InputSHA256": input_sha256,
-           "MaskSource": mask_source, "MaskSourceSHA256": mask_source_sha256}
+           "MaskSource": mask_source, "MaskSourceSHA256": mask_source_sha256, "Verified": True}
     if decision is not None:
         key["Decision"] = decision
     return key
@@ -158,10 +169,17 @@ def _matches(recorded: dict, expected: dict) -> bool:
     return all(recorded.get(key) == value for key, value in expected.items())
 
 
-def is_up_to_date(planned, layout: str, expected_by_scan: dict) -> bool:
+# In the bids layout one mask sidecar records the provenance of every scan of its group: these
+# keys hold one value a scan, by the scan's path.
+PER_SCAN_KEYS = ("InputSHA256", "Verified")
+
+
+def is_up_to_date(planned, layout: str, expected_by_scan: dict, qc: bool = False) -> bool:
     """Whether every output of the job exists with matching provenance.
 
-    expected_by_scan: relpath -> provenance_key(...) for each scan of the job.
+    expected_by_scan: relpath -> provenance_key(...) for each scan of the job. With ``qc`` the
+    QC figures and verdict must exist too (derivatives layout), so a job interrupted during QC
+    is redone.
     """
     try:
         for group_output in planned:
@@ -172,12 +190,14 @@ def is_up_to_date(planned, layout: str, expected_by_scan: dict) -> bool:
                 expected = expected_by_scan[scan_output.scan.relpath]
                 if not scan_output.image.is_file():
                     return False
+                if qc and not all(path.is_file() for path in scan_output.qc_files):
+                    return False
                 if layout == "derivatives":
                     recorded = read_json(scan_output.sidecar).get(PROVENANCE_KEY, {})
                 else:
                     recorded = dict(recorded_mask)
-                    recorded["InputSHA256"] = recorded_mask.get("InputSHA256", {}).get(
-                        scan_output.scan.relpath)
+                    for key in PER_SCAN_KEYS:
+                        recorded[key] = (recorded_mask.get(key) or {}).get(scan_output.scan.relpath)
                 if not _matches(recorded, expected):
                     return False
         return True

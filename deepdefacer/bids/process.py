@@ -8,6 +8,7 @@ image only; the run goes on with the next job.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import multiprocessing
 import os
 import time
@@ -15,12 +16,18 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
+
 from deepdefacer.bids import outputs
 from deepdefacer.bids.jobs import Job
 from deepdefacer.errors import InputError
 from deepdefacer.io import (load_image, mask_image_like, remove_stale_temporaries, sha256_file,
                             split_extension, write_image, write_in_source_encoding, write_json)
 from deepdefacer.mask_transfer import apply_mask, resample_mask
+from deepdefacer.qc.verify import Verification, verify_defacing
+
+log = logging.getLogger("deepdefacer")
 
 DEFACED, SKIPPED, FAILED = "defaced", "skipped", "failed"
 
@@ -38,6 +45,7 @@ class Settings:
     atlas_guard: bool = True  # also guard an average brain registered to each scan (--no-atlas-guard: off)
     command_line: str = ""
     qc: bool = True  # per-scan QC figures and verdict (derivatives layout)
+    allow_unverified: bool = False  # write a scan whose face check fails (still a failed scan)
 
 
 @dataclass
@@ -110,7 +118,8 @@ def process_job(job: Job, settings: Settings, defacer=None) -> JobResult:
         expected = {scan.relpath: outputs.provenance_key(
             defacer.model_sha256, input_sha256.get(scan.relpath), mask_source,
             input_sha256[reference.relpath], defacer.decision) for scan in job.scans}
-        if not settings.overwrite and outputs.is_up_to_date(planned, settings.layout, expected):
+        if not settings.overwrite and outputs.is_up_to_date(planned, settings.layout, expected,
+                                                            qc=settings.qc):
             result.scans = [ScanResult(scan.relpath, SKIPPED, "up to date") for scan in job.scans]
             return result
         reference_defaced, reference_mask_img, details = defacer.deface_with_details(reference_img)
@@ -126,7 +135,7 @@ def process_job(job: Job, settings: Settings, defacer=None) -> JobResult:
 
     reference_mask = _array(reference_mask_img)
 
-    def provenance_for(relpath_sha256, seconds):
+    def provenance_for(relpath_sha256, verified, seconds):
         return {
             "Version": outputs.deepdefacer_version(),
             "Model": defacer.model_name,
@@ -136,6 +145,7 @@ def process_job(job: Job, settings: Settings, defacer=None) -> JobResult:
             "InputSHA256": relpath_sha256,
             "MaskSource": mask_source,
             "MaskSourceSHA256": input_sha256[reference.relpath],
+            "Verified": verified,
             "Device": str(defacer.device),
             "Seconds": round(seconds, 2),
             "CommandLine": settings.command_line,
@@ -143,62 +153,106 @@ def process_job(job: Job, settings: Settings, defacer=None) -> JobResult:
         }
 
     for group_output in planned:
-        group = group_output.group
-        group_reference = group.reference
+        # Every scan is defaced and checked before anything of the group is written; a scan whose
+        # check fails is not written (fail closed) unless --allow-unverified asks for it.
         done = []
         for scan_output in group_output.scans:
             scan = scan_output.scan
             try:
-                if scan == reference:
-                    img, scan_mask = reference_img, reference_mask
-                    defaced_data = _array(reference_defaced, scaled=True)
-                else:
-                    img = load_image(scan.path)
-                    scan_mask = resample_mask(reference_mask, reference_img.affine,
-                                              img.shape, img.affine)
-                    defaced_data = apply_mask(img.get_fdata(), scan_mask)
-                write_in_source_encoding(scan.path, defaced_data, scan_mask, scan_output.image)
-                done.append((scan_output, img, scan_mask))
+                img, mask, defaced_img = _defaced_scan(scan, reference, reference_img,
+                                                       reference_mask, reference_defaced)
+                verification = verify_defacing(img, defaced_img, mask)
+                if not verification.verified:
+                    _remove_earlier_outputs(scan_output)
+                    written = settings.allow_unverified
+                    result.scans.append(ScanResult(
+                        scan.relpath, FAILED, verification.reason + (
+                            "; written anyway (--allow-unverified)" if written else
+                            "; not written (--allow-unverified writes it for inspection)")))
+                    if not written:
+                        continue
+                write_in_source_encoding(scan.path, _array(defaced_img, scaled=True), mask,
+                                         scan_output.image)
+                done.append(_Done(scan_output, img, mask, verification))
             except Exception as exc:
                 failure = _failure(exc)
                 result.scans.append(ScanResult(scan.relpath, FAILED, failure.message,
                                                details=failure.details))
         if not done:
             continue
+        # The file that records completion is written last: the image sidecar (derivatives) or
+        # the mask sidecar (bids), after the image, the mask and the QC; an interrupted job is redone.
+        flags = atlas_flags(details)
         try:
             # The mask file lies on the grid of the group's reference (its first magnitude image).
-            _, mask_grid_img, mask_on_grid = next(
-                (entry for entry in done if entry[0].scan == group_reference), done[0])
-            write_image(mask_image_like(mask_on_grid, mask_grid_img), group_output.mask)
+            group = group_output.group
+            grid = next((entry for entry in done if entry.output.scan == group.reference), done[0])
+            write_image(mask_image_like(grid.mask, grid.img), group_output.mask)
+            qc_flags = {}
+            for entry in done:
+                qc_flags[entry.output.scan.relpath] = run_qc(entry, settings, flags) \
+                    if settings.qc else list(flags)
             seconds = time.monotonic() - start
             mask_provenance = provenance_for(
-                {out.scan.relpath: input_sha256.get(out.scan.relpath) for out, _, _ in done},
-                seconds)
-            mask_sidecar = outputs.mask_sidecar(group, reference, settings.layout,
-                                                mask_provenance)
+                {entry.output.scan.relpath: input_sha256.get(entry.output.scan.relpath)
+                 for entry in done}, {entry.output.scan.relpath: entry.verification.verified
+                                      for entry in done}, seconds)
+            write_json(outputs.mask_sidecar(group, reference, settings.layout, mask_provenance),
+                       group_output.mask_sidecar)
             if settings.layout == "derivatives":
-                write_json(mask_sidecar, group_output.mask_sidecar)
-                for out, _, _ in done:
-                    mask_relpath = Path(group_output.mask).relative_to(settings.output_dir)
-                    write_json(outputs.image_sidecar(
-                        out.scan, mask_relpath.as_posix(),
-                        provenance_for(input_sha256.get(out.scan.relpath), seconds)), out.sidecar)
-            else:
-                write_json(mask_sidecar, group_output.mask_sidecar)
+                mask_relpath = Path(group_output.mask).relative_to(settings.output_dir).as_posix()
+                for entry in done:
+                    provenance = provenance_for(input_sha256.get(entry.output.scan.relpath),
+                                                entry.verification.verified, seconds)
+                    provenance["Verification"] = entry.verification.to_dict()
+                    write_json(outputs.image_sidecar(entry.output.scan, mask_relpath, provenance),
+                               entry.output.sidecar)
         except Exception as exc:
             failure = _failure(exc)
-            result.scans += [ScanResult(out.scan.relpath, FAILED, failure.message,
-                                        details=failure.details) for out, _, _ in done]
+            result.scans += [ScanResult(entry.output.scan.relpath, FAILED, failure.message,
+                                        details=failure.details)
+                             for entry in done if entry.verification.verified]
             continue
-        for out, img, mask in done:
-            flags = atlas_flags(details)
-            qc_flags = run_qc(out, img, mask, settings, flags) if settings.qc else flags
+        for entry in done:
+            if not entry.verification.verified:
+                continue  # reported above
+            scan = entry.output.scan
             result.scans.append(ScanResult(
-                out.scan.relpath, DEFACED,
-                f"{100.0 * float(mask.mean()):.1f}% of voxels removed"
-                + ("" if out.scan == reference else f" (mask of {reference.relpath})"),
-                seconds=time.monotonic() - start, qc_flags=qc_flags))
+                scan.relpath, DEFACED,
+                f"{100.0 * float(np.mean(entry.mask)):.1f}% of voxels removed, no face left"
+                + ("" if scan == reference else f" (mask of {reference.relpath})"),
+                seconds=time.monotonic() - start, qc_flags=qc_flags[scan.relpath]))
     return result
+
+
+@dataclass
+class _Done:
+    """A scan whose defaced image is written, waiting for its mask, QC and sidecars."""
+
+    output: outputs.ScanOutput
+    img: object
+    mask: object
+    verification: Verification
+
+
+def _defaced_scan(scan, reference, reference_img, reference_mask, reference_defaced):
+    """(image, mask, defaced image) of one scan of a job: the reference's own, or the
+    reference's mask carried onto the scan's grid."""
+    if scan == reference:
+        return reference_img, reference_mask, reference_defaced
+    img = load_image(scan.path)
+    mask = resample_mask(reference_mask, reference_img.affine, img.shape, img.affine)
+    defaced = nib.Nifti1Image(apply_mask(img.get_fdata(), mask), img.affine, img.header)
+    return img, mask, defaced
+
+
+def _remove_earlier_outputs(scan_output) -> None:
+    """An earlier run's output of a scan that now fails its check must not stay behind as
+    "defaced" (it may come from another model or from before the check existed)."""
+    for path in (scan_output.image, scan_output.sidecar, *scan_output.qc_files):
+        if path is not None and path.is_file():
+            log.warning("removing %s: its scan failed the face check", path)
+            path.unlink()
 
 
 def atlas_flags(details: dict) -> list:
@@ -219,29 +273,23 @@ def atlas_flags(details: dict) -> list:
     return flags
 
 
-def run_qc(scan_output, img, mask, settings: Settings, extra_flags=()) -> list:
+def run_qc(entry, settings: Settings, extra_flags=()) -> list:
     """QC figures and verdict of one defaced scan (deepdefacer.qc), in sub-<label>/figures/.
 
     Only for the derivatives layout: an upload-ready copy must hold nothing but the dataset.
-    A QC problem is reported as a flag; it never fails the scan, whose outputs are complete.
-    ``extra_flags`` (from the defacing) are returned in any case, and written into the verdict.
+    Runs before the completion record is written, so an interrupted or failed QC leaves the
+    scan to be redone; ``extra_flags`` (from the defacing) are written into the verdict.
+    Returns the verdict's flags.
     """
     if settings.layout != "derivatives":
         return list(extra_flags)
-    try:
-        import nibabel as nib
+    from deepdefacer.qc.participant import qc_scan
 
-        from deepdefacer.qc.participant import qc_scan
-    except ImportError:
-        return list(extra_flags)
-    scan = scan_output.scan
-    try:
-        verdict = qc_scan(img, nib.load(scan_output.image), mask_image_like(mask, img),
-                          Path(settings.output_dir) / scan.relpath.split("/")[0],
-                          stem=split_extension(scan.path)[0],
-                          source=scan.relpath, extra_flags=extra_flags)
-    except Exception as exc:  # QC must never cost the user a defaced scan
-        return [f"QC could not run ({type(exc).__name__}: {exc})", *extra_flags]
+    scan = entry.output.scan
+    verdict = qc_scan(entry.img, nib.load(entry.output.image), mask_image_like(entry.mask, entry.img),
+                      Path(settings.output_dir) / scan.relpath.split("/")[0],
+                      stem=split_extension(scan.path)[0], source=scan.relpath,
+                      extra_flags=extra_flags, verification=entry.verification)
     return list(verdict.get("flags", [])) if verdict.get("verdict") == "flag" else []
 
 
@@ -258,8 +306,6 @@ def _failure(exc: BaseException) -> _Failure:
 
 
 def _array(img, scaled: bool = False):
-    import numpy as np
-
     return img.get_fdata() if scaled else np.asarray(img.dataobj)
 
 

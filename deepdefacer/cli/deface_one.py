@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also keep everything near an average brain registered to the scan "
                              "(default: on; ~2-4 s on 2 cores). --no-atlas-guard: the network's "
                              "brain guard alone, ~4x faster")
+    parser.add_argument("--allow-unverified", action="store_true",
+                        help="also write an image whose face check fails (a face still found, "
+                             "nothing to compare with, or nothing removed), for inspection; "
+                             "the exit code is still 1")
     parser.add_argument("-f", "--force", "--overwrite", action="store_true",
                         help="replace existing output files")
     parser.add_argument("--verbose", action="store_true", help="tracebacks of unexpected errors")
@@ -88,7 +92,7 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     try:
         return deface_files(args.input, output, args.mask_out, targets[1:], args.device,
-                            args.atlas_guard)
+                            args.atlas_guard, args.allow_unverified)
     except InputError as exc:
         print(f"deepdeface: {exc}", file=sys.stderr)
         return EXIT_SCANS_FAILED
@@ -109,8 +113,11 @@ def main(argv=None) -> int:
 
 
 def deface_files(input_path: Path, output: Path, mask_out, others, device: str,
-                 atlas_guard: bool = True) -> int:
-    """Deface input_path, then every (other, output) pair with the same mask."""
+                 atlas_guard: bool = True, allow_unverified: bool = False) -> int:
+    """Deface input_path, then every (other, output) pair with the same mask; each image is
+    written only once its face check has passed (or with ``allow_unverified``)."""
+    import nibabel as nib
+
     from deepdefacer.bids.process import get_defacer
     from deepdefacer.io import (load_image, mask_image_like, write_image,
                                 write_in_source_encoding)
@@ -120,24 +127,47 @@ def deface_files(input_path: Path, output: Path, mask_out, others, device: str,
     img = load_image(input_path)
     defaced, mask_img = get_defacer(device, atlas_guard).deface(img)
     mask = (mask_img.get_fdata() > 0).astype("uint8")
-    write_in_source_encoding(input_path, defaced.get_fdata(), mask, output)
+    status = EXIT_OK
+    if _checked(input_path, img, defaced, mask, allow_unverified):
+        write_in_source_encoding(input_path, defaced.get_fdata(), mask, output)
+        print(f"{output}: {100.0 * mask.mean():.1f}% of voxels removed, no face left "
+              f"({time.monotonic() - start:.1f} s)")
+    else:
+        status = EXIT_SCANS_FAILED
+        if allow_unverified:
+            write_in_source_encoding(input_path, defaced.get_fdata(), mask, output)
     if mask_out:
         write_image(mask_image_like(mask, img), mask_out)
-    print(f"{output}: {100.0 * mask.mean():.1f}% of voxels removed "
-          f"({time.monotonic() - start:.1f} s)")
-    status = EXIT_OK
     for other_path, other_output in others:
         try:
             other = load_image(other_path)
             other_mask = resample_mask(mask, img.affine, other.shape, other.affine)
-            write_in_source_encoding(other_path, apply_mask(other.get_fdata(), other_mask),
-                                     other_mask, other_output)
-            print(f"{other_output}: {100.0 * other_mask.mean():.1f}% of voxels removed "
-                  f"(mask of {input_path.name})")
+            other_defaced = apply_mask(other.get_fdata(), other_mask)
+            verified = _checked(other_path, other, nib.Nifti1Image(other_defaced, other.affine),
+                                other_mask, allow_unverified)
+            if verified or allow_unverified:
+                write_in_source_encoding(other_path, other_defaced, other_mask, other_output)
+            if not verified:
+                status = EXIT_SCANS_FAILED
+                continue
+            print(f"{other_output}: {100.0 * other_mask.mean():.1f}% of voxels removed, no face "
+                  f"left (mask of {input_path.name})")
         except InputError as exc:
             print(f"deepdeface: {exc}", file=sys.stderr)
             status = EXIT_SCANS_FAILED
     return status
+
+
+def _checked(path: Path, img, defaced, mask, allow_unverified: bool) -> bool:
+    """The face check of one defaced image (deepdefacer.qc.verify); says why it failed."""
+    from deepdefacer.qc.verify import verify_defacing
+
+    verification = verify_defacing(img, defaced, mask)
+    if not verification.verified:
+        print(f"deepdeface: {path}: {verification.reason}; "
+              + ("written anyway (--allow-unverified)" if allow_unverified else
+                 "not written (--allow-unverified writes it for inspection)"), file=sys.stderr)
+    return verification.verified
 
 
 if __name__ == "__main__":

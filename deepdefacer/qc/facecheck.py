@@ -15,6 +15,7 @@ child's head is judged on the same shape.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -173,3 +174,53 @@ def check_image(img) -> FaceEvidence:
 
     volume = ras_volume(img)
     return face_evidence(depth_map(volume, "front"), volume.voxel_mm)
+
+
+def proper_rotations() -> list[tuple[tuple[int, int, int], tuple[bool, bool, bool]]]:
+    """The 24 axis-aligned rotations of an array as (axis permutation, flips).
+
+    Mirror images are left out: a nose ridge looks the same mirrored, so the 24 rotations
+    cover all 48 axis orders an image can be stored in.
+    """
+    rotations = []
+    for permutation in itertools.permutations(range(3)):
+        for flips in itertools.product((False, True), repeat=3):
+            matrix = np.zeros((3, 3))
+            for row, (axis, flip) in enumerate(zip(permutation, flips)):
+                matrix[row, axis] = -1.0 if flip else 1.0
+            if np.linalg.det(matrix) > 0:
+                rotations.append((permutation, flips))
+    return rotations
+
+
+def rotated(array: np.ndarray, permutation, flips) -> np.ndarray:
+    """A view of ``array`` with its axes permuted and flipped (no copy)."""
+    out = np.transpose(array, permutation)
+    for axis, flip in enumerate(flips):
+        if flip:
+            out = np.flip(out, axis)
+    return out
+
+
+def face_evidence_any_orientation(volume) -> tuple[FaceEvidence, tuple]:
+    """The face check looking at the head from every side, with every side up.
+
+    A header may lie about which way the head faces (orientation codes 0, a wrong axis
+    order), so the gate cannot take "front" from it. Returns the strongest evidence over the
+    24 views and the view's (permutation, flips); the header's own front view comes first, so
+    its evidence is the one reported when it finds the face.
+    """
+    from deepdefacer.qc.render import depth_map
+    from deepdefacer.qc.volume import RasVolume
+
+    best, best_view = None, None
+    for permutation, flips in proper_rotations():
+        view = RasVolume(rotated(volume.intensity, permutation, flips), volume.voxel_mm,
+                         rotated(volume.head, permutation, flips), volume.threshold)
+        evidence = face_evidence(depth_map(view, "front"), volume.voxel_mm)
+        if evidence.face_present:
+            return evidence, (permutation, flips)
+        if best is None or (evidence.nose_length_mm, evidence.nose_drop_mm) > \
+                (best.nose_length_mm, best.nose_drop_mm):
+            best, best_view = evidence, (permutation, flips)
+    return best, best_view

@@ -21,6 +21,7 @@ from deepdefacer.qc import render
 from deepdefacer.qc.facecheck import FaceEvidence, face_evidence
 from deepdefacer.qc.maskcheck import check_mask
 from deepdefacer.qc.volume import mask_on_grid, ras_volume
+from deepdefacer.qc.verify import HEADER_VIEW, view_name
 
 VERDICT_SUFFIX = "_desc-qc_verdict.json"
 RENDER_SUFFIX = "_desc-qc_render.png"
@@ -30,13 +31,15 @@ PANEL_HEIGHT_PX = 260
 
 
 def qc_scan(original_img, defaced_img, mask_img, out_dir, stem: str, source: str | None = None,
-            extra_flags=()) -> dict:
+            extra_flags=(), verification=None) -> dict:
     """Render, check and write the QC of one scan. mask_img: 1 = removed.
 
     Verdict "pass" or "flag"; "flag" lists every reason (face still present,
     brain reached, implausible mask, and ``extra_flags`` from the defacing itself, such as
     an atlas guard that was not used). Never raises on odd geometry: a check
-    that cannot run says so in "notes".
+    that cannot run says so in "notes". ``verification`` (``deepdefacer.verify``), when the
+    job has checked the scan already: its face evidence is the verdict's, so the verdict and
+    the job's outcome cannot disagree.
     """
     started = time.perf_counter()
     if not stem or Path(stem).name != stem:
@@ -50,8 +53,13 @@ def qc_scan(original_img, defaced_img, mask_img, out_dir, stem: str, source: str
 
     depth = {(when, view): render.depth_map(volume, view)
              for when, volume in (("before", original), ("after", defaced)) for view in render.VIEWS}
-    face_before = face_evidence(depth["before", "front"], original.voxel_mm)
-    face_after, face_after_own = face_left(defaced_img, depth["after", "front"], original)
+    if verification is not None:
+        face_before = verification.face_before
+        face_after = face_after_own = verification.face_after or face_evidence(
+            depth["after", "front"], original.voxel_mm)
+    else:
+        face_before = face_evidence(depth["before", "front"], original.voxel_mm)
+        face_after, face_after_own = face_left(defaced_img, depth["after", "front"], original)
     mask_result = check_mask(original.head, removed, original.voxel_mm, face_before)
 
     flags = []
@@ -60,13 +68,19 @@ def qc_scan(original_img, defaced_img, mask_img, out_dir, stem: str, source: str
     flags.extend(mask_result.pop("flags"))
     flags.extend(extra_flags)
     notes = mask_result.pop("notes")
+    if verification is not None and not verification.verified and not face_after.face_present:
+        flags.append(verification.reason)
+    if verification is not None and verification.view != HEADER_VIEW:
+        notes.append(f"the face was found with {view_name(verification.view)}, not where the "
+                     "header's orientation puts it: the header's orientation is wrong")
     if not face_before.face_present:
         notes.append(f"no face found on the original ({face_before.reason}); the face check cannot be "
                       "confirmed on this scan")
 
     render_path = figures / f"{stem}{RENDER_SUFFIX}"
     slices_path = figures / f"{stem}{SLICES_SUFFIX}"
-    render.write_png(render_path, _render_figure(depth, original.voxel_mm, face_after))
+    marked = face_after if verification is None or verification.view == HEADER_VIEW else None
+    render.write_png(render_path, _render_figure(depth, original.voxel_mm, marked))
     render.write_png(slices_path, _slices_figure(original, removed, face_before))
 
     result = {
@@ -142,7 +156,7 @@ def _render_figure(depth, voxel_mm, face_after) -> np.ndarray:
     for when in ("before", "after"):
         for view in render.VIEWS:
             image = render.shade_upsampled(depth[when, view], voxel_mm, factor)
-            if when == "after" and view == "front" and face_after.face_present:
+            if when == "after" and view == "front" and face_after is not None and face_after.face_present:
                 image = render.mark(image, (face_after.nose_row + 0.5) * factor, (face_after.nose_column + 0.5) * factor)
             panels.append(image)
     return render.montage(panels)
