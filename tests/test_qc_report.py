@@ -16,7 +16,7 @@ import pytest
 from qc_helpers import HEADS, requires_heads, slab_deface
 
 from deepdefacer.qc.participant import qc_scan
-from deepdefacer.qc.report import EXIT_FLAGGED, EXIT_OK, run_group
+from deepdefacer.qc.report import EXIT_FLAGGED, EXIT_INCOMPLETE, EXIT_OK, run_group
 
 pytestmark = requires_heads
 
@@ -167,15 +167,35 @@ def test_report_opens_in_headless_chromium_without_console_errors(qc_output, tmp
     assert screenshot.stat().st_size > 10 * (tmp_path / "broken.png").stat().st_size
 
 
-def test_group_level_command_gates_on_flags_with_exit_code_4(qc_output):
-    """`deepdefacer BIDS OUT group --fail-on-flag` turns a flagged scan into exit code 4."""
-    from deepdefacer.cli.parser import EXIT_QC_FLAGGED
-    from deepdefacer.cli.run import main
+def test_a_corrupt_verdict_is_named_and_fails_the_group(qc_output, tmp_path):
+    out = Path(shutil.copytree(qc_output[0], tmp_path / "out"))
+    broken = out / "figures" / "sub-01_T1w_desc-qc_verdict.json"
+    broken.write_text(broken.read_text()[:40])
+    assert run_group(out) == EXIT_INCOMPLETE
+    summary = json.loads((out / "qc_summary.json").read_text())
+    assert summary["n_scans"] == 3 and summary["n_incomplete"] == 1
+    [entry] = summary["incomplete"]
+    assert entry["reason"].startswith(
+        "unreadable QC verdict figures/sub-01_T1w_desc-qc_verdict.json (JSONDecodeError: ")
+    assert [scan["stem"] for scan in summary["scans"]] == ["sub-02_T1w", "sub-03_T1w"]
 
-    out, _ = qc_output
-    bids = Path(__file__).resolve().parents[1] / "examples" / "ds-demo"
-    assert main([str(bids), str(out), "group", "--skip-bids-validation"]) == 0
-    assert main([str(bids), str(out), "group", "--skip-bids-validation", "--fail-on-flag"]) == EXIT_QC_FLAGGED
+
+def test_report_files_are_written_under_hidden_temporary_names(qc_output, tmp_path, monkeypatch):
+    from deepdefacer import io
+
+    out = Path(shutil.copytree(qc_output[0], tmp_path / "out"))
+    renamed = []
+
+    def interrupted_replace(source, target):
+        renamed.append((Path(source).name, Path(target).name))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(io.os, "replace", interrupted_replace)
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(KeyboardInterrupt):
+        run_group(out)
+    assert renamed and renamed[0][0].startswith(".") and renamed[0][1] == "qc_summary.json"
+    assert sorted(p.name for p in out.iterdir()) == before
 
 
 def test_face_left_on_a_rescaled_output_is_flagged(tmp_path):

@@ -80,8 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Remove faces from the anatomical MRI of a BIDS dataset with a 3D U-Net. "
                     "The input dataset is never written to.",
         epilog="Exit codes: 0 all scans defaced or up to date; 1 one or more scans failed "
-               "(listed at the end); 2 usage error (bad arguments, not a BIDS dataset, unknown "
-               "participant, output inside the input); 3 the input fails BIDS validation.",
+               "(listed at the end), or, at the group level, a selected scan has no outputs or "
+               "QC verdict; 2 usage error (bad arguments, not a BIDS dataset, unknown "
+               "participant, output inside the input); 3 the input fails BIDS validation; 4 the "
+               "group level with --fail-on-flag found a flagged scan.",
         allow_abbrev=False)
     parser.add_argument("bids_dir", type=existing_folder,
                         help="the root folder of the input BIDS dataset")
@@ -89,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where the outputs go (created if missing; outside bids_dir)")
     parser.add_argument("analysis_level", choices=("participant", "group"),
                         help="participant: deface scans; group: quality-control report of "
-                             "the outputs")
+                             "the selected scans' outputs")
     parser.add_argument("-v", "--version", action="version",
                         version=f"Deepdefacer {deepdefacer_version()}")
 
@@ -148,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="redo scans whose outputs exist and are up to date")
     run.add_argument("--work-dir", "--work_dir", "-w", type=lambda value: Path(value).absolute(),
                      metavar="DIR", help="folder for the validator report and the run log "
-                                         "(kept; default: none)")
+                                         "(kept; default: none); group level: the QC report, "
+                                         "when output_dir is not Deepdefacer's derivatives")
     verbosity = run.add_mutually_exclusive_group()
     verbosity.add_argument("--verbose", action="store_true",
                            help="debug messages and tracebacks of unexpected errors")

@@ -8,9 +8,15 @@ each; tracebacks only with --verbose.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shlex
+import shutil
 import signal
+import socket
 import sys
+import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,7 +42,7 @@ def main(argv=None) -> int:
     configure_logging(args)
     command_line = "deepdefacer " + shlex.join(argv)
     try:
-        with terminate_as_interrupt():
+        with terminate_as_interrupt(), private_scratch_folder():
             if args.analysis_level == "group":
                 return run_group_level(args)
             return run_participant_level(args, command_line)
@@ -51,6 +57,8 @@ def main(argv=None) -> int:
             log.error("unexpected error: %s: %s (--verbose shows the traceback)",
                       type(exc).__name__, exc)
         return EXIT_SCANS_FAILED
+    finally:
+        logging.captureWarnings(False)  # a caller's own warnings go back where they went
 
 
 def run_participant_level(args, command_line: str) -> int:
@@ -190,24 +198,68 @@ def summarise(results, copy_failures) -> int:
 
 
 def run_group_level(args) -> int:
-    """The QC report over the outputs, produced by deepdefacer.qc when it is installed."""
+    """The QC report over the scans the selection arguments select in bids_dir."""
     try:
         from deepdefacer.qc import report
-        run_group = report.run_group
-    except (ImportError, AttributeError):
+    except ImportError:
         log.error("the group level writes a quality-control report with deepdefacer.qc, "
                   "which this installation does not provide; the participant level "
                   "outputs in %s are complete without it", args.output_dir)
         return EXIT_SCANS_FAILED
-    if not Path(args.output_dir).is_dir():
-        log.error("%s: no such folder; run the participant level first", args.output_dir)
+    from deepdefacer.bids import select
+
+    output_dir = Path(args.output_dir)
+    if not output_dir.is_dir():
+        log.error("%s: no such folder; run the participant level first", output_dir)
         return EXIT_USAGE
-    status = run_group(args.output_dir, fail_on_flag=args.fail_on_flag)
-    log.info("QC report: %s", Path(args.output_dir) / "qc_report.html")
-    if status:
-        log.error("QC flagged scans (see the report); exiting %d for --fail-on-flag", EXIT_QC_FLAGGED)
+    derivatives = report.is_deepdefacer_derivatives(output_dir)
+    if not derivatives and not args.work_dir:
+        log.error("%s: not a derivatives dataset written by Deepdefacer (an upload-ready "
+                  "--layout bids copy?): the QC report would make it an invalid BIDS dataset; "
+                  "pass --work-dir DIR to write the report there", output_dir)
+        return EXIT_USAGE
+    try:
+        select.check_dataset(args.bids_dir)
+        layout = select.open_layout(args.bids_dir)
+        # Counted from the selection, not from the verdicts found: a scan whose participant
+        # level was interrupted has none, and must not go unnoticed.
+        scans = select.select_scans(layout, args.participant_label, args.session_label,
+                                    args.suffix, args.bids_filter_file, metadata=False)
+    except InputError as exc:
+        log.error(str(exc))
+        return EXIT_USAGE
+    if not scans:
+        log.warning("no anatomical images match the selection (suffixes %s) in %s",
+                    " ".join(args.suffix), args.bids_dir)
+    expected = report.expected_scans(scans, output_dir, derivatives)
+    result = report.write_report(output_dir, expected,
+                                 output_dir if derivatives else args.work_dir)
+    log.info("QC report: %s", result.report_path)
+    print(group_summary(result), file=sys.stderr)
+    if result.incomplete:
+        return EXIT_SCANS_FAILED
+    if args.fail_on_flag and result.flagged:
+        log.error("QC flagged scans (see the report); exiting %d for --fail-on-flag",
+                  EXIT_QC_FLAGGED)
         return EXIT_QC_FLAGGED
     return EXIT_OK
+
+
+def group_summary(result) -> str:
+    """One line of counts, then every incomplete scan with its reason."""
+    counts = (f"{len(result.verdicts) - len(result.flagged)} passed, {len(result.flagged)} "
+              f"flagged, {len(result.incomplete)} incomplete")
+    if result.unchecked:
+        counts += f", {len(result.unchecked)} without per-scan QC (--layout bids)"
+    total = len(result.verdicts) + len(result.incomplete) + len(result.unchecked)
+    lines = [f"Deepdefacer group: {total} scan(s): {counts}"]
+    if result.flagged:
+        lines[0] += "; flagged: " + ", ".join(v.get("source") or v.get("stem", "")
+                                             for v in result.flagged)
+    if result.incomplete:
+        lines.append("Incomplete (run the participant level again for them):")
+        lines += [f"  {source}: {reason}" for source, reason in result.incomplete]
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,20 +279,39 @@ class _TqdmHandler(logging.Handler):
 
 
 def configure_logging(args) -> None:
-    log.handlers.clear()
-    log.propagate = False
+    """Deepdefacer's messages, and Python's warnings (numpy's, nibabel's ...) as log records,
+    so that --quiet silences them on the terminal; the --work-dir log keeps everything."""
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     handler = _TqdmHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    log.setLevel(logging.DEBUG)
     handler.setLevel(level)
+    file_handler = None
     if getattr(args, "work_dir", None):
         args.work_dir.mkdir(parents=True, exist_ok=True)
         file_handler = logging.FileHandler(args.work_dir / "deepdefacer.log")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         file_handler.setLevel(logging.DEBUG)
-        log.addHandler(file_handler)
+    warnings_log = logging.getLogger("py.warnings")
+    for logger, handlers in ((log, [handler, file_handler]),
+                             (warnings_log, [None if args.quiet else handler, file_handler])):
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+            old.close()
+        logger.propagate = False
+        logger.setLevel(logging.DEBUG)
+        for added in handlers:
+            if added is not None:
+                logger.addHandler(added)
+    warnings_log.filters.clear()
+    warnings_log.addFilter(_one_line_warning)
+    logging.captureWarnings(True)
+
+
+def _one_line_warning(record: logging.LogRecord) -> bool:
+    """warnings.formatwarning's 'file:line: Category: message' without the source line below."""
+    text = record.getMessage().strip()
+    record.msg, record.args = text.splitlines()[0] if text else text, ()
+    return True
 
 
 @contextmanager
@@ -253,6 +324,111 @@ def progress_bar(total: int, args):
         yield bar
     finally:
         bar.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Scratch folder
+
+SCRATCH_PREFIX = "deepdefacer-run-"
+SCRATCH_MAX_AGE_S = 24 * 3600
+# Written by the folder's owner: "deepdefacer-run-<pid>@<host>-" then mkdtemp's 8 characters.
+_SCRATCH_NAME = re.compile(rf"^{re.escape(SCRATCH_PREFIX)}(\d+)@(.+)-[a-z0-9_]{{8}}$")
+# The caches that would otherwise go to the home folder: Keras's keras.json, the BIDS
+# validator's deno cache, and matplotlib's font list (Keras imports matplotlib). Set only when
+# the user has not chosen a place.
+SCRATCH_CACHES = {"KERAS_HOME": "keras", "DENO_DIR": "deno", "MPLCONFIGDIR": "matplotlib"}
+
+
+@contextmanager
+def private_scratch_folder():
+    """One private temporary folder for the run, removed at its end (Ctrl-C and SIGTERM too).
+
+    TMPDIR (and tempfile's own setting, which TensorFlow's autograph reads for its generated
+    modules) and the SCRATCH_CACHES point into it, so nothing is left in /tmp or the home
+    folder. It must be entered before TensorFlow, Keras or the validator start; subprocesses
+    and worker processes inherit it through the environment. Folders that killed runs left
+    are removed first (remove_stale_scratch_folders).
+    """
+    base = Path(tempfile.gettempdir())
+    remove_stale_scratch_folders(base)
+    folder = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}@{_host_name()}-",
+                                   dir=base))
+    saved_environment = {name: os.environ.get(name) for name in ("TMPDIR", *SCRATCH_CACHES)}
+    saved_tempdir = tempfile.tempdir
+    try:
+        os.environ["TMPDIR"] = str(folder)
+        tempfile.tempdir = str(folder)
+        for name, subfolder in SCRATCH_CACHES.items():
+            if not os.environ.get(name):
+                os.environ[name] = str(folder / subfolder)
+        yield folder
+    finally:
+        tempfile.tempdir = saved_tempdir
+        for name, value in saved_environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_stale_scratch_folders(base, now: float | None = None) -> list[Path]:
+    """Remove this user's scratch folders in base whose run is over; return them.
+
+    On this machine a folder is stale when its pid no longer runs, or, older than a day, when
+    the pid now belongs to another program (pids are reused). A folder of another machine (a
+    TMPDIR shared between cluster nodes), whose pid means nothing here, when it is older than
+    a day.
+    """
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        candidates = list(Path(base).glob(SCRATCH_PREFIX + "*"))
+    except OSError:
+        return removed
+    for folder in candidates:
+        match = _SCRATCH_NAME.match(folder.name)
+        try:
+            info = folder.lstat()
+        except OSError:
+            continue
+        if not match or not folder.is_dir() or folder.is_symlink() \
+                or info.st_uid != os.getuid():
+            continue
+        pid, host = int(match.group(1)), match.group(2)
+        old = now - info.st_mtime > SCRATCH_MAX_AGE_S
+        if host == _host_name():
+            stale = pid != os.getpid() and (not _pid_running(pid) or
+                                            old and not _runs_deepdefacer(pid))
+        else:
+            stale = old
+        if stale:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _host_name() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "localhost"
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _runs_deepdefacer(pid: int) -> bool:
+    """Whether the process with this pid looks like a Deepdefacer run (True when unknown)."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return True
+    return b"deepdefacer" in command.lower() or b"run.py" in command
 
 
 @contextmanager

@@ -1,10 +1,15 @@
 """Group level: one self-contained HTML report over every scan, plus JSON and TSV.
 
+    write_report(output_dir, expected, report_dir) -> GroupReport
     run_group(output_dir, fail_on_flag=False) -> exit code
 
-collects the `*_desc-qc_verdict.json` files that `participant.qc_scan` wrote
-anywhere under output_dir, and writes output_dir/qc_report.html (images inlined
-as base64, no scripts, no network), qc_summary.json and qc_summary.tsv.
+The scans the report covers are those the group level selected from the input dataset
+(`expected_scans`): each needs its outputs and the `*_desc-qc_verdict.json` that
+`participant.qc_scan` wrote, and a scan without them is listed as incomplete, so an
+interrupted participant level cannot pass for a complete one. Without `expected` (a library
+call), every verdict under output_dir is collected. The report (images inlined as base64, no
+scripts, no network), qc_summary.json and qc_summary.tsv go to report_dir (output_dir by
+default).
 """
 
 from __future__ import annotations
@@ -12,11 +17,11 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
-import tempfile
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from deepdefacer.io import atomic_output, split_extension
 from deepdefacer.qc.participant import VERDICT_SUFFIX
 
 REPORT_NAME = "qc_report.html"
@@ -24,38 +29,166 @@ SUMMARY_JSON = "qc_summary.json"
 SUMMARY_TSV = "qc_summary.tsv"
 EXIT_OK = 0
 EXIT_FLAGGED = 1  # with fail_on_flag: at least one scan was flagged
+EXIT_INCOMPLETE = 2  # a scan has no QC verdict (or no outputs), or a verdict is unreadable
 TSV_COLUMNS = ("stem", "verdict", "face_present", "nose_length_mm", "removed_fraction", "removed_ml",
                "brain_removed_ml", "flags", "notes", "render", "slices", "source")
+INCOMPLETE = "incomplete"
+
+
+@dataclass(frozen=True)
+class ExpectedScan:
+    """What the participant level leaves for one selected scan."""
+
+    source: str              # the scan's path in the input dataset
+    stem: str                # its file name without extension, as the verdict records it
+    outputs: tuple           # files that must exist (defaced image, sidecar, mask ...)
+    verdict: Path | None     # the QC verdict; None where the layout has no per-scan QC
+
+
+@dataclass
+class GroupReport:
+    verdicts: list = field(default_factory=list)     # verdict dicts, flagged first
+    incomplete: list = field(default_factory=list)   # (scan or file, reason)
+    unchecked: list = field(default_factory=list)    # complete scans of a layout without QC
+    report_dir: Path | None = None
+
+    @property
+    def flagged(self) -> list:
+        return [v for v in self.verdicts if v.get("verdict") == "flag"]
+
+    @property
+    def report_path(self) -> Path:
+        return Path(self.report_dir) / REPORT_NAME
+
+
+def is_deepdefacer_derivatives(output_dir) -> bool:
+    """Whether output_dir is a derivatives dataset of Deepdefacer, the one place the report may
+    go: anywhere else (an upload-ready --layout bids copy) it would make the dataset invalid."""
+    try:
+        description = json.loads((Path(output_dir) / "dataset_description.json")
+                                 .read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    if not isinstance(description, dict) or description.get("DatasetType") != "derivative":
+        return False
+    generated_by = description.get("GeneratedBy")
+    from deepdefacer.bids.outputs import SOFTWARE_NAME
+
+    return isinstance(generated_by, list) and any(
+        isinstance(entry, dict) and entry.get("Name") == SOFTWARE_NAME for entry in generated_by)
+
+
+def expected_scans(scans, output_dir, derivatives: bool) -> list[ExpectedScan]:
+    """The outputs (by the participant level's own naming) and verdict of each selected scan.
+
+    derivatives: the derivatives layout, with a verdict per scan in sub-<label>/figures/; else
+    the --layout bids copy, which has the defaced image under the source's name and no QC.
+    """
+    from deepdefacer.bids import jobs, outputs
+
+    output_dir = Path(output_dir)
+    layout = "derivatives" if derivatives else "bids"
+    expected = []
+    for job in jobs.plan_jobs(scans):
+        for group_output in outputs.plan_outputs(job, output_dir, layout):
+            for scan_output in group_output.scans:
+                scan = scan_output.scan
+                stem = split_extension(scan.path)[0]
+                files = (scan_output.image, scan_output.sidecar, group_output.mask,
+                         group_output.mask_sidecar)
+                verdict = (output_dir / scan.relpath.split("/")[0] / "figures"
+                           / f"{stem}{VERDICT_SUFFIX}") if derivatives else None
+                expected.append(ExpectedScan(scan.relpath, stem,
+                                             tuple(f for f in files if f is not None), verdict))
+    return sorted(expected, key=lambda scan: scan.source)
 
 
 def collect_verdicts(output_dir) -> list[dict]:
-    """Every per-scan verdict under output_dir, flagged scans first, then by name."""
-    verdicts = []
-    for path in sorted(Path(output_dir).rglob(f"*{VERDICT_SUFFIX}")):
-        verdict = json.loads(path.read_text())
-        verdict["_figures_dir"] = str(path.parent)
-        verdicts.append(verdict)
-    verdicts.sort(key=lambda v: (v.get("verdict") != "flag", v.get("stem", "")))
-    return verdicts
+    """Every readable per-scan verdict under output_dir, flagged scans first, then by name."""
+    return _gather(output_dir, None).verdicts
 
 
-def run_group(output_dir, fail_on_flag: bool = False) -> int:
-    """Write the group report and summaries; return EXIT_FLAGGED when asked to gate."""
+def _gather(output_dir, expected) -> GroupReport:
     output_dir = Path(output_dir)
-    verdicts = collect_verdicts(output_dir)
-    flagged = [v for v in verdicts if v.get("verdict") == "flag"]
+    result = GroupReport()
+    if expected is None:
+        for path in sorted(output_dir.rglob(f"*{VERDICT_SUFFIX}")):
+            if not path.name.startswith("."):  # another run's temporary
+                _add_verdict(result, path, path.relative_to(output_dir).as_posix(), output_dir)
+    else:
+        for scan in expected:
+            missing = [path for path in scan.outputs if not Path(path).is_file()]
+            if missing:
+                result.incomplete.append((scan.source, "missing output(s): " + ", ".join(
+                    _relative(path, output_dir) for path in missing)))
+            elif scan.verdict is None:
+                result.unchecked.append(scan.source)
+            elif not scan.verdict.is_file():
+                result.incomplete.append((scan.source, f"no QC verdict "
+                                          f"{_relative(scan.verdict, output_dir)} (the QC was "
+                                          "interrupted, failed, or skipped with --skip-qc)"))
+            else:
+                _add_verdict(result, scan.verdict, scan.source, output_dir)
+    result.verdicts.sort(key=lambda v: (v.get("verdict") != "flag", v.get("stem", "")))
+    return result
+
+
+def _add_verdict(result: GroupReport, path: Path, label: str, output_dir: Path) -> None:
+    try:
+        verdict = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(verdict, dict):
+            raise ValueError(f"a JSON {type(verdict).__name__}, not an object")
+        if verdict.get("verdict") not in ("pass", "flag"):
+            raise ValueError(f"no pass or flag verdict (verdict: {verdict.get('verdict')!r})")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        result.incomplete.append((label, f"unreadable QC verdict {_relative(path, output_dir)} "
+                                         f"({type(exc).__name__}: {text})"))
+        return
+    verdict["_figures_dir"] = str(path.parent)
+    result.verdicts.append(verdict)
+
+
+def _relative(path, folder: Path) -> str:
+    try:
+        return Path(path).relative_to(folder).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def write_report(output_dir, expected=None, report_dir=None) -> GroupReport:
+    """Write the report and summaries of the expected scans (see the module docstring)."""
+    output_dir = Path(output_dir)
+    result = _gather(output_dir, expected)
+    result.report_dir = Path(report_dir) if report_dir is not None else output_dir
+    flagged = result.flagged
     summary = {
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "n_scans": len(verdicts),
+        "n_scans": len(result.verdicts) + len(result.incomplete) + len(result.unchecked),
         "n_flagged": len(flagged),
-        "n_pass": len(verdicts) - len(flagged),
-        "n_face_present": sum(bool(v.get("face_after", {}).get("face_present")) for v in verdicts),
-        "scans": [_public(v) for v in verdicts],
+        "n_pass": len(result.verdicts) - len(flagged),
+        "n_incomplete": len(result.incomplete),
+        "n_without_qc": len(result.unchecked),
+        "n_face_present": sum(bool(v.get("face_after", {}).get("face_present"))
+                              for v in result.verdicts),
+        "incomplete": [{"source": source, "reason": reason}
+                       for source, reason in result.incomplete],
+        "without_qc": list(result.unchecked),
+        "scans": [_public(v) for v in result.verdicts],
     }
-    _write_atomic(output_dir / SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")
-    _write_atomic(output_dir / SUMMARY_TSV, _tsv(verdicts))
-    _write_atomic(output_dir / REPORT_NAME, _html(summary, verdicts))
-    return EXIT_FLAGGED if (fail_on_flag and flagged) else EXIT_OK
+    _write_atomic(result.report_dir / SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")
+    _write_atomic(result.report_dir / SUMMARY_TSV, _tsv(result))
+    _write_atomic(result.report_path, _html(summary, result))
+    return result
+
+
+def run_group(output_dir, fail_on_flag: bool = False, expected=None, report_dir=None) -> int:
+    """Write the group report and summaries; EXIT_INCOMPLETE when a scan lacks its QC, or
+    EXIT_FLAGGED when asked to gate on flags."""
+    result = write_report(output_dir, expected, report_dir)
+    if result.incomplete:
+        return EXIT_INCOMPLETE
+    return EXIT_FLAGGED if (fail_on_flag and result.flagged) else EXIT_OK
 
 
 def _public(verdict: dict) -> dict:
@@ -81,15 +214,20 @@ def _row(verdict: dict) -> dict:
     }
 
 
-def _tsv(verdicts: list[dict]) -> str:
+def _tsv(result: GroupReport) -> str:
     def cell(value) -> str:
         text = "n/a" if value is None or value == "" else str(value)
         return text.replace("\t", " ").replace("\n", " ")
 
+    rows = [{"stem": split_extension(source)[0].rpartition("/")[2], "verdict": INCOMPLETE,
+             "notes": reason, "source": source} for source, reason in result.incomplete]
+    rows += [_row(verdict) for verdict in result.verdicts]
+    rows += [{"stem": split_extension(source)[0].rpartition("/")[2], "verdict": "n/a",
+              "notes": "no per-scan QC in this layout", "source": source}
+             for source in result.unchecked]
     lines = ["\t".join(TSV_COLUMNS)]
-    for verdict in verdicts:
-        row = _row(verdict)
-        lines.append("\t".join(cell(row[column]) for column in TSV_COLUMNS))
+    for row in rows:
+        lines.append("\t".join(cell(row.get(column)) for column in TSV_COLUMNS))
     return "\n".join(lines) + "\n"
 
 
@@ -122,7 +260,8 @@ td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left;font-size:.9em}
 """
 
 
-def _html(summary: dict, verdicts: list[dict]) -> str:
+def _html(summary: dict, result: GroupReport) -> str:
+    verdicts = result.verdicts
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -140,11 +279,22 @@ def _html(summary: dict, verdicts: list[dict]) -> str:
         f'<div id="n-flagged"><b>{summary["n_flagged"]}</b>flagged</div>',
         f'<div id="n-face"><b>{summary["n_face_present"]}</b>with a face still present</div>',
         f'<div id="n-pass"><b>{summary["n_pass"]}</b>passed</div>',
+        f'<div id="n-incomplete"><b>{summary["n_incomplete"]}</b>incomplete</div>',
         "</div>",
     ]
-    if not verdicts:
+    if result.incomplete:
+        parts.append('<section class="scan flag" id="incomplete"><h2><span class="badge">INCOMPLETE'
+                     '</span> scans without their outputs or QC verdict</h2><ul class="reasons">')
+        parts += [f"<li>{html.escape(source)}: {html.escape(reason)}</li>"
+                  for source, reason in result.incomplete]
+        parts.append("</ul><p>Run the participant level again for these scans.</p></section>")
+    if result.unchecked:
+        parts.append(f"<p>{len(result.unchecked)} scan(s) defaced without per-scan QC (an "
+                     "upload-ready copy has none): " + html.escape(", ".join(result.unchecked))
+                     + "</p>")
+    if not verdicts and not result.incomplete and not result.unchecked:
         parts.append("<p>No QC results found (no *_desc-qc_verdict.json under the output folder).</p>")
-    else:
+    elif verdicts:
         parts.append("<table><tr><th>scan</th><th>verdict</th><th>reasons</th></tr>")
         for verdict in verdicts:
             stem = html.escape(verdict.get("stem", ""))
@@ -179,19 +329,9 @@ def _html(summary: dict, verdicts: list[dict]) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename: a killed run leaves no half-written report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would hide the report from the group
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """A killed run leaves no half-written report, only a hidden temporary."""
+    with atomic_output(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
 
 
 def _ml(value) -> str:
