@@ -74,7 +74,7 @@ def deface_with_details(img, defacer=None):
         details["AtlasGuard"] = {"Used": atlas.used, "Reason": atlas.reason,
                                  "FaceOverlapML": None if overlap is None else round(overlap, 1),
                                  "Start": atlas.start}
-    return apply_mask(img, raw, mask), mask_image(img, mask), details
+    return apply_mask(img, raw, mask, background_intensity(data)), mask_image(img, mask), details
 
 
 # A head whose box reaches within this of the top of the field of view may be cut there, and its
@@ -394,10 +394,19 @@ def scaling(img) -> tuple[float, float]:
     return slope, inter
 
 
-def raw_zero(img, dtype):
-    """The stored (unscaled) value that reads back as intensity 0, or closest to it."""
+def background_intensity(data: np.ndarray) -> float:
+    """The intensity removed voxels take: air's, which is 0 unless the scan's background is
+    negative (a signed 8-bit scan whose air is stored at -128), then the median over the
+    array's outermost faces. Filling with 0 there left a mid-grey block in place of the face,
+    which surface renders (and the face check) read as the face's surface."""
+    faces = [np.take(data, index, axis=axis).ravel() for axis in range(3) for index in (0, -1)]
+    return min(0.0, float(np.median(np.concatenate(faces))))
+
+
+def raw_value(img, dtype, intensity: float = 0.0):
+    """The stored (unscaled) value that reads back as ``intensity``, or closest to it."""
     slope, inter = scaling(img)
-    value = -inter / slope + 0.0  # + 0.0: no negative zero
+    value = (intensity - inter) / slope + 0.0  # + 0.0: no negative zero
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         return dtype.type(np.clip(np.round(value), info.min, info.max))
@@ -412,10 +421,11 @@ def raw_array(img) -> np.ndarray:
     return np.asarray(proxy)
 
 
-def apply_mask(img, raw: np.ndarray, mask: np.ndarray):
-    """Set masked voxels to zero intensity in the stored values; keep everything else."""
+def apply_mask(img, raw: np.ndarray, mask: np.ndarray, fill_intensity: float = 0.0):
+    """Set masked voxels to ``fill_intensity`` (``background_intensity``) in the stored values;
+    keep everything else."""
     raw = raw.copy(order="K")  # nibabel's Fortran order kept: no transposing copy, and saved as stored
-    raw[mask] = raw_zero(img, raw.dtype)
+    raw[mask] = raw_value(img, raw.dtype, fill_intensity)
     raw = raw.reshape(img.shape)
     header = img.header.copy()
     out = img.__class__(raw, img.affine, header)

@@ -25,6 +25,7 @@ from deepdefacer.errors import InputError
 from deepdefacer.io import (load_image, mask_image_like, remove_stale_temporaries, sha256_file,
                             split_extension, write_image, write_in_source_encoding, write_json)
 from deepdefacer.mask_transfer import apply_mask, resample_mask
+from deepdefacer.pipeline import background_intensity
 from deepdefacer.qc.verify import Verification, verify_defacing
 
 log = logging.getLogger("deepdefacer")
@@ -242,7 +243,9 @@ def _defaced_scan(scan, reference, reference_img, reference_mask, reference_defa
         return reference_img, reference_mask, reference_defaced
     img = load_image(scan.path)
     mask = resample_mask(reference_mask, reference_img.affine, img.shape, img.affine)
-    defaced = nib.Nifti1Image(apply_mask(img.get_fdata(), mask), img.affine, img.header)
+    data = img.get_fdata()
+    defaced = nib.Nifti1Image(apply_mask(data, mask, background_intensity(data)), img.affine,
+                              img.header)
     return img, mask, defaced
 
 

@@ -122,6 +122,7 @@ def deface_files(input_path: Path, output: Path, mask_out, others, device: str,
     from deepdefacer.io import (load_image, mask_image_like, write_image,
                                 write_in_source_encoding)
     from deepdefacer.mask_transfer import apply_mask, resample_mask
+    from deepdefacer.pipeline import background_intensity
 
     start = time.monotonic()
     img = load_image(input_path)
@@ -142,7 +143,8 @@ def deface_files(input_path: Path, output: Path, mask_out, others, device: str,
         try:
             other = load_image(other_path)
             other_mask = resample_mask(mask, img.affine, other.shape, other.affine)
-            other_defaced = apply_mask(other.get_fdata(), other_mask)
+            other_data = other.get_fdata()
+            other_defaced = apply_mask(other_data, other_mask, background_intensity(other_data))
             verified = _checked(other_path, other, nib.Nifti1Image(other_defaced, other.affine),
                                 other_mask, allow_unverified)
             if verified or allow_unverified:
