@@ -204,3 +204,14 @@ def test_a_participant_run_leaves_nothing_in_home_or_tmp(tmp_path):
     assert "2 scan(s): 2 defaced" in completed.stderr
     assert list(temporary.iterdir()) == []
     assert list(home.iterdir()) == []
+
+
+def test_without_a_writable_temporary_folder_the_run_goes_on(tmp_path, monkeypatch, capsys):
+    def no_folder(*args, **kwargs):
+        raise FileNotFoundError("No usable temporary directory found")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", no_folder)
+    before = dict(os.environ)
+    assert main([str(DEMO), str(tmp_path / "missing"), "group"]) == 2
+    assert "no such folder; run the participant level first" in capsys.readouterr().err
+    assert dict(os.environ) == before

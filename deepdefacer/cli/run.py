@@ -108,25 +108,17 @@ def run_participant_level(args, command_line: str) -> int:
             produced |= {group.mask_relpath.rsplit(".nii", 1)[0] + ".json"
                          for group in job.groups}
         report = layout_bids.copy_dataset(args.bids_dir, args.output_dir, produced,
-                                          args.participant_label, args.session_label,
-                                          include_undefaced=args.copy_undefaced_anat)
+                                          args.participant_label, args.session_label)
         log.info("copied %d file(s) of the dataset (%d already there)", report.copied,
                  report.up_to_date)
-        for folder in report.left_out_folders:
-            log.warning("left out of the upload-ready copy: %s/ (not raw data)", folder)
-        for relpath in report.included_undefaced:
-            log.warning("copied WITH ITS FACE (not selected; --copy-undefaced-anat): %s", relpath)
-        # An upload-ready copy without them is incomplete, and with them it would hold a face.
-        copy_failures = report.failed + [
-            (relpath, "anatomical image not selected for defacing: left out of the upload-ready "
-                      "copy (select its suffix, or --copy-undefaced-anat copies it with its face)")
-            for relpath in report.not_defaced]
+        for relpath in report.not_defaced:
+            log.warning("copied without defacing (not selected): %s", relpath)
+        copy_failures = report.failed
 
     settings = process.Settings(output_dir=str(args.output_dir), layout=args.layout,
                                 overwrite=args.overwrite, device=args.device,
                                 atlas_guard=args.atlas_guard,
-                                command_line=command_line, qc=not args.skip_qc,
-                                allow_unverified=args.allow_unverified)
+                                command_line=command_line, qc=not args.skip_qc)
     results = []
     with progress_bar(len(scans), args) as bar:
         def on_result(job_result):
@@ -357,10 +349,15 @@ def private_scratch_folder():
     and worker processes inherit it through the environment. Folders that killed runs left
     are removed first (remove_stale_scratch_folders).
     """
-    base = Path(tempfile.gettempdir())
-    remove_stale_scratch_folders(base)
-    folder = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}@{_host_name()}-",
-                                   dir=base))
+    try:
+        base = Path(tempfile.gettempdir())
+        remove_stale_scratch_folders(base)
+        folder = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}@{_host_name()}-",
+                                       dir=base))
+    except OSError as exc:  # no writable temporary folder: defacing itself does not need one
+        log.debug("no private temporary folder (%s); caches go to their defaults", exc)
+        yield None
+        return
     saved_environment = {name: os.environ.get(name) for name in ("TMPDIR", *SCRATCH_CACHES)}
     saved_tempdir = tempfile.tempdir
     try:
