@@ -108,17 +108,25 @@ def run_participant_level(args, command_line: str) -> int:
             produced |= {group.mask_relpath.rsplit(".nii", 1)[0] + ".json"
                          for group in job.groups}
         report = layout_bids.copy_dataset(args.bids_dir, args.output_dir, produced,
-                                          args.participant_label, args.session_label)
+                                          args.participant_label, args.session_label,
+                                          include_undefaced=args.copy_undefaced_anat)
         log.info("copied %d file(s) of the dataset (%d already there)", report.copied,
                  report.up_to_date)
-        for relpath in report.not_defaced:
-            log.warning("copied without defacing (not selected): %s", relpath)
-        copy_failures = report.failed
+        for folder in report.left_out_folders:
+            log.warning("left out of the upload-ready copy: %s/ (not raw data)", folder)
+        for relpath in report.included_undefaced:
+            log.warning("copied WITH ITS FACE (not selected; --copy-undefaced-anat): %s", relpath)
+        # An upload-ready copy without them is incomplete, and with them it would hold a face.
+        copy_failures = report.failed + [
+            (relpath, "anatomical image not selected for defacing: left out of the upload-ready "
+                      "copy (select its suffix, or --copy-undefaced-anat copies it with its face)")
+            for relpath in report.not_defaced]
 
     settings = process.Settings(output_dir=str(args.output_dir), layout=args.layout,
                                 overwrite=args.overwrite, device=args.device,
                                 atlas_guard=args.atlas_guard,
-                                command_line=command_line, qc=not args.skip_qc)
+                                command_line=command_line, qc=not args.skip_qc,
+                                allow_unverified=args.allow_unverified)
     results = []
     with progress_bar(len(scans), args) as bar:
         def on_result(job_result):
