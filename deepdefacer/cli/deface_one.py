@@ -90,9 +90,13 @@ def main(argv=None) -> int:
         for problem in problems:
             print(f"deepdeface: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    from deepdefacer.cli.run import private_scratch_folder, terminate_as_interrupt
+
     try:
-        return deface_files(args.input, output, args.mask_out, targets[1:], args.device,
-                            args.atlas_guard, args.allow_unverified)
+        # Caches and temporaries (TensorFlow, Keras) in one folder removed at exit, as the BIDS App.
+        with terminate_as_interrupt(), private_scratch_folder():
+            return deface_files(args.input, output, args.mask_out, targets[1:], args.device,
+                                args.atlas_guard, args.allow_unverified)
     except InputError as exc:
         print(f"deepdeface: {exc}", file=sys.stderr)
         return EXIT_SCANS_FAILED

@@ -11,12 +11,12 @@ and returns the verdict dict; `report.run_group` collects the JSON files.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
+from deepdefacer.io import write_json
 from deepdefacer.qc import render
 from deepdefacer.qc.facecheck import FaceEvidence, face_evidence
 from deepdefacer.qc.maskcheck import check_mask
@@ -97,10 +97,7 @@ def qc_scan(original_img, defaced_img, mask_img, out_dir, stem: str, source: str
         "figures": {"render": render_path.name, "slices": slices_path.name},
         "seconds": round(time.perf_counter() - started, 3),
     }
-    verdict_path = figures / f"{stem}{VERDICT_SUFFIX}"
-    partial = verdict_path.with_name(verdict_path.name + ".part")
-    partial.write_text(json.dumps(result, indent=2) + "\n")
-    partial.replace(verdict_path)
+    write_json(result, figures / f"{stem}{VERDICT_SUFFIX}")
     return result
 
 
