@@ -307,6 +307,29 @@ def test_sigterm_stops_cleanly(dataset, tmp_path):
         assert io.is_complete_nifti(path), path
 
 
+def test_sigterm_with_several_processes_stops_the_workers_and_the_queue(dataset, tmp_path):
+    output = tmp_path / "out"
+    command = [sys.executable, str(REPO / "run.py"), str(dataset), str(output), "participant",
+               "--skip-bids-validation", "--device", "cpu", "--skip-qc", "--n-procs", "2"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(output.rglob("*_desc-defaced_*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first scan's completion record: the workers are at work
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    # The workers were stopped, not left to finish the rest of the five scans.
+    assert time.monotonic() - signalled < 8.0, err
+    assert "interrupted" in err and "Traceback" not in err
+    completed = list(output.rglob("*_desc-defaced_*.json"))
+    assert 1 <= len(completed) < len(SCANS)
+    assert main([str(dataset), str(output), "participant", "--skip-bids-validation",
+                 "--device", "cpu", "--quiet", "--skip-qc"]) == 0
+    assert [p for p in output.rglob("*") if io.TEMPORARY_MARKER in p.name] == []
+    assert len(list(output.rglob("*_desc-defaced_*.json"))) == len(SCANS)
+
+
 def test_parallel_runs_on_different_participants_share_one_output(dataset, tmp_path):
     # Like a SLURM array: one task per participant, started together, one output folder.
     output = tmp_path / "out"

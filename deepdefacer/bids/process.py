@@ -353,7 +353,14 @@ def run_jobs(jobs, settings: Settings, n_procs: int = 1, on_result=None, defacer
                 if on_result:
                     on_result(job_result)
         except BaseException:
+            # Stopped (Ctrl-C, SIGTERM from SLURM or `docker stop`): the queue is dropped and the
+            # workers are stopped now, not after their current scans (10-13 s, past docker's
+            # 10 s grace). Their outputs are renamed into place or not at all, and the next run
+            # removes their hidden temporaries and redoes their jobs.
+            workers = list((pool._processes or {}).values())  # no public way to stop them
             pool.shutdown(wait=False, cancel_futures=True)
+            for worker in workers:
+                worker.terminate()
             raise
     return results
 
