@@ -217,3 +217,20 @@ def test_pipeline_refuses_an_in_memory_image_without_orientation():
     img = without_orientation_codes(nib.load(IXI))
     with pytest.raises(InputError, match="no orientation"):
         image_data(img)
+
+
+def test_a_signed_scan_with_a_negative_background_is_filled_with_its_background(defacer):
+    """Air stored at -128 (int8): the face takes the air's value, not 0 (a mid-grey block that
+    surface renders, and the face check, read as the face), and the check passes on it."""
+    source = nib.load(SHARED_DATA / "heads" / "ixi002_t1_6mm.nii.gz")
+    data = source.get_fdata()
+    signed = np.round(data / data.max() * 255 - 128).astype(np.int8)
+    img = nib.Nifti1Image(signed, source.affine)
+    img.header.set_data_dtype(np.int8)
+    defaced, mask = deface_with_details(img, defacer)[:2]
+    removed = np.asanyarray(mask.dataobj) > 0
+    raw = np.asanyarray(defaced.dataobj)
+    assert removed.any() and np.all(raw[removed] == -128)
+    np.testing.assert_array_equal(raw[~removed], signed[~removed])
+    verification = verify_defacing(img, defaced, removed)
+    assert verification.verified, verification.reason
