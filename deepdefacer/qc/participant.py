@@ -21,7 +21,7 @@ from deepdefacer.qc import render
 from deepdefacer.qc.facecheck import FaceEvidence, face_evidence
 from deepdefacer.qc.maskcheck import check_mask
 from deepdefacer.qc.volume import mask_on_grid, ras_volume
-from deepdefacer.qc.verify import HEADER_VIEW, view_name
+from deepdefacer.qc.verify import HEADER_VIEW, same_shape, view_name
 
 VERDICT_SUFFIX = "_desc-qc_verdict.json"
 RENDER_SUFFIX = "_desc-qc_render.png"
@@ -48,7 +48,7 @@ def qc_scan(original_img, defaced_img, mask_img, out_dir, stem: str, source: str
     original = ras_volume(original_img)
     # Same grid and threshold for the defaced scan, so before and after differ only by the mask.
     defaced = ras_volume(defaced_img, voxel_mm=original.voxel_mm, threshold=original.threshold)
-    defaced = _same_shape(defaced, original.intensity.shape)
+    defaced = same_shape(defaced, original.intensity.shape)
     removed = mask_on_grid(mask_img, original.intensity.shape, original.voxel_mm)
 
     depth = {(when, view): render.depth_map(volume, view)
@@ -113,7 +113,7 @@ def face_left(defaced_img, front_depth_same_threshold, original) -> tuple[FaceEv
     the original-threshold view unless only the own-threshold view shows a face.
     """
     same = face_evidence(front_depth_same_threshold, original.voxel_mm)
-    own_volume = _same_shape(ras_volume(defaced_img, voxel_mm=original.voxel_mm), original.intensity.shape)
+    own_volume = same_shape(ras_volume(defaced_img, voxel_mm=original.voxel_mm), original.intensity.shape)
     own = face_evidence(render.depth_map(own_volume, "front"), original.voxel_mm)
     if own.face_present and not same.face_present:
         own.reason += " (on the defaced scan's own head threshold)"
@@ -124,23 +124,9 @@ def face_left(defaced_img, front_depth_same_threshold, original) -> tuple[FaceEv
 def defaced_face_evidence(original_img, defaced_img) -> FaceEvidence:
     """The participant QC's face verdict on a defaced scan, without rendering figures."""
     original = ras_volume(original_img)
-    defaced = _same_shape(ras_volume(defaced_img, voxel_mm=original.voxel_mm, threshold=original.threshold),
+    defaced = same_shape(ras_volume(defaced_img, voxel_mm=original.voxel_mm, threshold=original.threshold),
                           original.intensity.shape)
     return face_left(defaced_img, render.depth_map(defaced, "front"), original)[0]
-
-
-def _same_shape(volume, shape):
-    """Resampling two images of one scanner grid can differ by a voxel at the edge."""
-    if volume.intensity.shape == shape:
-        return volume
-    def fit(array, fill):
-        out = np.full(shape, fill, dtype=array.dtype)
-        common = tuple(slice(0, min(a, b)) for a, b in zip(shape, array.shape))
-        out[common] = array[common]
-        return out
-    volume.intensity = fit(volume.intensity, 0)
-    volume.head = fit(volume.head, False)
-    return volume
 
 
 def _pixels_per_voxel(shape) -> int:

@@ -95,7 +95,7 @@ def face_left(defaced_img, original: RasVolume, views) -> tuple[FaceEvidence, tu
     file sees: removing the face moves the threshold, and a remnant can show on one surface
     only, docs/qc.md). A face on any of them counts: returns it and its view, else the
     evidence of the first view."""
-    surfaces = [_same_shape(volume, original.intensity.shape) for volume in (
+    surfaces = [same_shape(volume, original.intensity.shape) for volume in (
         ras_volume(defaced_img, voxel_mm=original.voxel_mm, threshold=original.threshold),
         ras_volume(defaced_img, voxel_mm=original.voxel_mm))]
     first = None
@@ -119,7 +119,7 @@ def _evidence(volume: RasVolume, view, upside_down: bool = False) -> FaceEvidenc
                                    "front"), volume.voxel_mm)
 
 
-def _same_shape(volume: RasVolume, shape) -> RasVolume:
+def same_shape(volume: RasVolume, shape) -> RasVolume:
     """Two images of one scanner grid can resample to grids a voxel apart at the edge."""
     if volume.intensity.shape == shape:
         return volume
