@@ -45,10 +45,12 @@ def qc_scan(original_img, defaced_img, mask_img, out_dir, stem: str, source: str
     if not stem or Path(stem).name != stem:
         raise ValueError(f"stem must be a file name without folders, got {stem!r}")
     figures = Path(out_dir) / "figures"
-    original = ras_volume(original_img)
+    original, defaced = (None, None) if verification is None else verification.volumes
+    original = original or ras_volume(original_img)
     # Same grid and threshold for the defaced scan, so before and after differ only by the mask.
-    defaced = ras_volume(defaced_img, voxel_mm=original.voxel_mm, threshold=original.threshold)
-    defaced = same_shape(defaced, original.intensity.shape)
+    defaced = defaced or same_shape(ras_volume(defaced_img, voxel_mm=original.voxel_mm,
+                                               threshold=original.threshold),
+                                    original.intensity.shape)
     removed = mask_on_grid(mask_img, original.intensity.shape, original.voxel_mm)
 
     depth = {(when, view): render.depth_map(volume, view)

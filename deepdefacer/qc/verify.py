@@ -14,7 +14,7 @@ and the brow seen rotated by 90 degrees fired on 6 of 12 defaced heads; docs/rel
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,6 +36,9 @@ class Verification:
     face_after: FaceEvidence | None  # the defaced scan in that view (None: nothing checked)
     view: tuple  # (permutation, flips) of the face view; HEADER_VIEW when the header's front
     removed_voxels: int
+    # The original and the defaced scan on the QC grid (the defaced one at the original's head
+    # threshold; None when not checked), for the QC figures to reuse.
+    volumes: tuple = field(default=(None, None), repr=False, compare=False)
 
     def to_dict(self) -> dict:
         return {"Verified": self.verified, "Reason": self.reason,
@@ -52,18 +55,27 @@ def verify_defacing(original_img, defaced_img, mask) -> Verification:
     before, views = face_views(original)
     if removed == 0:
         return Verification(False, "the mask removes nothing: the face was not found", before,
-                            None, views[0], removed)
+                            None, views[0], removed, (original, None))
     if not before.face_present:
         # The check is blind on this scan (a field of view that stops above the nose, a cropped
         # block, slice artefacts), so it cannot tell a defaced scan from one with its face.
         return Verification(False, f"the face check finds no face on the original either "
                                    f"({before.reason}), so it cannot confirm the defacing",
-                            before, None, views[0], removed)
-    after, view = face_left(defaced_img, original, views)
+                            before, None, views[0], removed, (original, None))
+    # Two surfaces: at the original's head threshold (the defaced scan seen exactly as the
+    # original was, so the two differ only by the mask) and at its own (what anyone rendering the
+    # shared file sees: removing the face moves the threshold, and a remnant can show on one
+    # surface only, docs/qc.md).
+    surfaces = [same_shape(volume, original.intensity.shape) for volume in (
+        ras_volume(defaced_img, voxel_mm=original.voxel_mm, threshold=original.threshold),
+        ras_volume(defaced_img, voxel_mm=original.voxel_mm))]
+    after, view = face_left(surfaces, views)
+    volumes = (original, surfaces[0])
     if after.face_present:
         return Verification(False, f"face still present after defacing: {after.reason}",
-                            before, after, view, removed)
-    return Verification(True, f"no face left ({after.reason})", before, after, view, removed)
+                            before, after, view, removed, volumes)
+    return Verification(True, f"no face left ({after.reason})", before, after, view, removed,
+                        volumes)
 
 
 def face_views(volume: RasVolume) -> tuple[FaceEvidence, list]:
@@ -88,16 +100,10 @@ def face_views(volume: RasVolume) -> tuple[FaceEvidence, list]:
     return evidence[found[0]], found
 
 
-def face_left(defaced_img, original: RasVolume, views) -> tuple[FaceEvidence, tuple]:
-    """The face check on the defaced scan in each of ``views`` (upright and upside down), on two
-    surfaces: at the original's head threshold (the defaced scan seen exactly as the original
-    was, so the two differ only by the mask) and at its own (what anyone rendering the shared
-    file sees: removing the face moves the threshold, and a remnant can show on one surface
-    only, docs/qc.md). A face on any of them counts: returns it and its view, else the
-    evidence of the first view."""
-    surfaces = [same_shape(volume, original.intensity.shape) for volume in (
-        ras_volume(defaced_img, voxel_mm=original.voxel_mm, threshold=original.threshold),
-        ras_volume(defaced_img, voxel_mm=original.voxel_mm))]
+def face_left(surfaces, views) -> tuple[FaceEvidence, tuple]:
+    """The face check on each surface of the defaced scan in each of ``views``, upright and
+    upside down. A face on any of them counts: returns it and its view, else the evidence of
+    the first view."""
     first = None
     for view in views:
         for volume in surfaces:
