@@ -78,6 +78,17 @@ def block_reduce(data: np.ndarray, affine: np.ndarray, target_mm: float):
     return reduced, np.asarray(affine) @ scale
 
 
+def background_intensity(data: np.ndarray) -> float:
+    """The air's intensity: 0, unless the scan's background is negative (a signed 8-bit scan
+    whose air is stored at -128), then the median over the array's outermost faces.
+
+    Removed voxels take it (filled with 0 there, the face became a mid-grey block that surface
+    renders, and the face check, read as the face's surface), and the QC's head threshold
+    counts from it."""
+    faces = [np.take(data, index, axis=axis).ravel() for axis in range(3) for index in (0, -1)]
+    return min(0.0, float(np.median(np.concatenate(faces))))
+
+
 def head_mask_coarse(data: np.ndarray) -> np.ndarray:
     """Foreground of a (coarse) head image: the largest bright connected region."""
     smooth = ndimage.gaussian_filter(data.astype(np.float32, copy=False), 1.0)

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from deepdefacer.conform import (conform, head_box_ras, native_box,
+from deepdefacer.conform import (background_intensity, conform, head_box_ras, native_box,
                                  plausible_affine, to_native, voxel_sizes)
 from deepdefacer.errors import InputError
+from deepdefacer.io import orientation_problem
 
 log = logging.getLogger("deepdefacer")
 
@@ -320,14 +321,9 @@ def image_data(img) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(name, f"expected a 3D image, got {len(img.shape)}D with shape {img.shape}")
     if min(shape) < 4:
         raise InputError(name, f"image is too thin to be a head scan (shape {img.shape})")
-    header = img.header
-    if img.affine is None or "qform_code" in header and int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
-        # nibabel then makes up an affine from the voxel sizes alone, and which way the head faces
-        # is a guess: a real IXI head read that way lost 2.7% of its voxels from one side, and kept
-        # its face.
-        raise InputError(name, "the header has no orientation (qform_code and sform_code are both "
-                               "0), so which way the head faces is unknown; set it (e.g. convert "
-                               "the DICOMs again with dcm2niix) before defacing")
+    problem = orientation_problem(img)
+    if problem:
+        raise InputError(name, problem)
     if not np.all(np.isfinite(img.affine)) or abs(np.linalg.det(img.affine[:3, :3])) < 1e-9:
         raise InputError(name, "the image affine is not a valid voxel-to-world transform")
 
@@ -392,15 +388,6 @@ def scaling(img) -> tuple[float, float]:
     slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
     inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
     return slope, inter
-
-
-def background_intensity(data: np.ndarray) -> float:
-    """The intensity removed voxels take: air's, which is 0 unless the scan's background is
-    negative (a signed 8-bit scan whose air is stored at -128), then the median over the
-    array's outermost faces. Filling with 0 there left a mid-grey block in place of the face,
-    which surface renders (and the face check) read as the face's surface."""
-    faces = [np.take(data, index, axis=axis).ravel() for axis in range(3) for index in (0, -1)]
-    return min(0.0, float(np.median(np.concatenate(faces))))
 
 
 def raw_value(img, dtype, intensity: float = 0.0):

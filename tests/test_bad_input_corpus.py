@@ -29,11 +29,7 @@ from deepdefacer.qc.verify import verify_defacing
 pytestmark = [needs_shared_data, pytest.mark.slow]
 
 # Cases the product gets wrong today, each with why. Strict: once it is fixed the test says so.
-KNOWN_PRODUCT_BUGS = {
-    "int8negative": "the face check's head threshold (qc.volume.head_threshold) clips intensities "
-                    "below 0, so on a signed scan whose air is -128 it misses the face in the "
-                    "header's view, looks from every side, and takes another ridge for a face "
-                    "left: the scan fails as 'face still present' although the mask is right",
+KNOWN_PRODUCT_BUGS: dict = {
 }
 
 
@@ -266,9 +262,6 @@ def test_bids_layout_leaves_out_the_anatomy_not_selected(upload_copy):
                                      np.asanyarray(nib.load(mask).dataobj))
 
 
-@pytest.mark.xfail(strict=True, reason="the sidecars of the images left out are still copied, "
-                                       "and the validator rejects a sidecar without its image "
-                                       "(SIDECAR_WITHOUT_DATAFILE)")
 def test_the_copy_without_them_is_still_a_valid_dataset(upload_copy):
     from deepdefacer.bids.validate import validate_dataset
 

@@ -68,9 +68,10 @@ def test_bids_copy_links_everything_but_the_defaced_images(tmp_path):
     copied = {p.relative_to(tmp_path / "out").as_posix()
               for p in (tmp_path / "out").rglob("*") if p.is_file()}
     everything = {p.relative_to(dataset).as_posix() for p in dataset.rglob("*") if p.is_file()}
-    # The PDw was not selected: it has its face, so it is left out of the copy, and reported.
+    # The PDw was not selected: it has its face, so it is left out of the copy, and reported; its
+    # sidecar too (BIDS rejects a sidecar without its image).
     pdw = "sub-01/ses-2/anat/sub-01_ses-2_PDw.nii.gz"
-    assert copied == everything - excluded - {pdw}
+    assert copied == everything - excluded - {pdw, pdw.replace(".nii.gz", ".json")}
     assert report.not_defaced == [pdw] and report.included_undefaced == []
     for relpath in copied:
         source, target = os.stat(dataset / relpath), os.stat(tmp_path / "out" / relpath)
@@ -100,8 +101,10 @@ def test_bids_copy_leaves_out_faces_it_was_not_asked_to_deface(tmp_path):
     assert unusual in report.not_defaced and unusual not in copied
     assert report.left_out_folders == ["derivatives", "sourcedata"]
     assert not any(relpath.startswith(("sourcedata", "derivatives")) for relpath in copied)
-    assert not any(relpath.endswith((".nii", ".nii.gz")) for relpath in copied)  # every image has a face
-    assert "sub-01/ses-1/anat/sub-01_ses-1_T2w.json" in copied  # sidecars are not faces
+    # Every image left has a face: none is copied.
+    assert not any(relpath.endswith((".nii", ".nii.gz")) for relpath in copied)
+    assert "sub-01/ses-1/anat/sub-01_ses-1_T1w.json" in copied  # the selected image's sidecar
+    assert "sub-01/ses-1/anat/sub-01_ses-1_T2w.json" not in copied  # no sidecar without its image
     again = layout_bids.copy_dataset(dataset, out, {t1w}, include_undefaced=True)
     assert again.not_defaced == [] and unusual in again.included_undefaced
     assert (out / unusual).read_bytes() == (dataset / unusual).read_bytes()

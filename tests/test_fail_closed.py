@@ -111,7 +111,10 @@ def test_the_upload_copy_never_receives_a_face(dataset, tmp_path, wrong_mask, ca
     failed = failures(err)
     assert set(failed) >= {T1W, T2W}
     assert all(failed[relpath].startswith("face still present") for relpath in (T1W, T2W))
-    assert not any(name.endswith((".nii", ".nii.gz")) for name in output_files(out))
+    copied = output_files(out)
+    assert not any(name.endswith((".nii", ".nii.gz")) for name in copied)
+    # Nor their sidecars: the copy stays a valid dataset.
+    assert not {T1W.replace(".nii.gz", ".json"), T2W.replace(".nii.gz", ".json")} & copied
 
 
 def test_allow_unverified_writes_for_inspection_and_still_fails(dataset, tmp_path, wrong_mask,

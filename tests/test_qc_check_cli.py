@@ -76,3 +76,17 @@ def test_folder_without_anatomical_scans_is_a_usage_error(tmp_path):
     with pytest.raises(SystemExit) as raised:
         main([str(tmp_path)])
     assert raised.value.code == EXIT_USAGE
+
+
+def test_a_scan_without_orientation_is_not_confirmed(tmp_path, capsys):
+    """Which way the head faces is unknown: 'no face' would be a guess, so the dataset is not
+    confirmed (exit 3), although the check sees no nose where the made-up orientation looks."""
+    bids = make_dataset(tmp_path / "ds", {"sub-01/anat/sub-01_T1w.nii.gz": False})
+    path = bids / "sub-01/anat/sub-01_T1w.nii.gz"
+    img = nib.load(path)
+    header = img.header.copy()
+    header["qform_code"] = 0
+    header["sform_code"] = 0
+    nib.save(nib.Nifti1Image(img.get_fdata(), None, header), path)
+    assert main([str(bids)]) == EXIT_UNCHECKED
+    assert "ERROR sub-01/anat/sub-01_T1w.nii.gz: the header has no orientation" in capsys.readouterr().out

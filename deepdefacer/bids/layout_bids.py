@@ -58,6 +58,10 @@ def copy_dataset(bids_dir, output_dir, excluded_relpaths, participant_labels=Non
         dirnames[:] = sorted(name for name in dirnames
                              if name not in SKIPPED_NAMES
                              and _wanted(relative_dir / name, participant_labels, session_labels))
+        left_out = set() if include_undefaced else {
+            filename.split(".nii")[0] for filename in filenames
+            if _is_anatomical_image(relative_dir, filename)
+            and (relative_dir / filename).as_posix() not in excluded}
         for filename in sorted(filenames):
             if filename in SKIPPED_NAMES:
                 continue
@@ -70,6 +74,10 @@ def copy_dataset(bids_dir, output_dir, excluded_relpaths, participant_labels=Non
                     _remove_earlier_copy(bids_dir / relpath, output_dir / relpath)
                     continue
                 report.included_undefaced.append(relpath)
+            elif filename.endswith(".json") and filename[: -len(".json")] in left_out:
+                # Its image is left out, and BIDS rejects a sidecar without its data file.
+                _remove_earlier_copy(bids_dir / relpath, output_dir / relpath)
+                continue
             _copy_one(bids_dir / relpath, output_dir / relpath, relpath, report)
     return report
 

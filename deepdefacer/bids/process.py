@@ -25,7 +25,7 @@ from deepdefacer.errors import InputError
 from deepdefacer.io import (load_image, mask_image_like, remove_stale_temporaries, sha256_file,
                             split_extension, write_image, write_in_source_encoding, write_json)
 from deepdefacer.mask_transfer import apply_mask, resample_mask
-from deepdefacer.pipeline import background_intensity
+from deepdefacer.conform import background_intensity
 from deepdefacer.qc.verify import Verification, verify_defacing
 
 log = logging.getLogger("deepdefacer")
@@ -132,6 +132,9 @@ def process_job(job: Job, settings: Settings, defacer=None) -> JobResult:
                                    failure.message if scan is reference else
                                    f"mask source {reference.relpath} failed: {failure.message}",
                                    details=failure.details) for scan in job.scans]
+        for group_output in planned:
+            for scan_output in group_output.scans:
+                _drop_orphan_sidecar(scan_output)
         return result
 
     reference_mask = _array(reference_mask_img)
@@ -164,13 +167,13 @@ def process_job(job: Job, settings: Settings, defacer=None) -> JobResult:
                                                        reference_mask, reference_defaced)
                 verification = verify_defacing(img, defaced_img, mask)
                 if not verification.verified:
-                    _remove_earlier_outputs(scan_output)
                     written = settings.allow_unverified
                     result.scans.append(ScanResult(
                         scan.relpath, FAILED, verification.reason + (
                             "; written anyway (--allow-unverified)" if written else
                             "; not written (--allow-unverified writes it for inspection)")))
                     if not written:
+                        _remove_earlier_outputs(scan_output)
                         continue
                 write_in_source_encoding(scan.path, _array(defaced_img, scaled=True), mask,
                                          scan_output.image)
@@ -179,6 +182,7 @@ def process_job(job: Job, settings: Settings, defacer=None) -> JobResult:
                 failure = _failure(exc)
                 result.scans.append(ScanResult(scan.relpath, FAILED, failure.message,
                                                details=failure.details))
+                _drop_orphan_sidecar(scan_output)
         if not done:
             continue
         # The file that records completion is written last: the image sidecar (derivatives) or
@@ -250,12 +254,30 @@ def _defaced_scan(scan, reference, reference_img, reference_mask, reference_defa
 
 
 def _remove_earlier_outputs(scan_output) -> None:
-    """An earlier run's output of a scan that now fails its check must not stay behind as
-    "defaced" (it may come from another model or from before the check existed)."""
-    for path in (scan_output.image, scan_output.sidecar, *scan_output.qc_files):
+    """An earlier run's output of a scan that now fails its face check must not stay behind as
+    "defaced" (it may come from another model or from before the check existed). In the bids
+    layout the copied source sidecar goes too: BIDS rejects a sidecar without its image."""
+    for path in (scan_output.image, scan_output.sidecar or _copied_sidecar(scan_output),
+                 *scan_output.qc_files):
         if path is not None and path.is_file():
             log.warning("removing %s: its scan failed the face check", path)
             path.unlink()
+
+
+def _drop_orphan_sidecar(scan_output) -> None:
+    """A scan that failed for another reason keeps an earlier run's outputs (a DataLad dataset
+    whose content was dropped must not lose its defaced images), but in the bids layout a source
+    sidecar copied without its image is removed, for the copy to stay valid."""
+    sidecar = _copied_sidecar(scan_output)
+    if sidecar is not None and sidecar.is_file() and not scan_output.image.exists():
+        sidecar.unlink()
+
+
+def _copied_sidecar(scan_output):
+    """The source sidecar copied next to the image (bids layout), else None."""
+    if scan_output.sidecar is not None:
+        return None
+    return scan_output.image.with_name(split_extension(scan_output.image)[0] + ".json")
 
 
 def atlas_flags(details: dict) -> list:

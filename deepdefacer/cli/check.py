@@ -32,15 +32,17 @@ def find_anatomical_scans(bids_dir: Path) -> list[Path]:
 
 
 def check_scan(path: Path) -> dict:
-    import nibabel as nib
-
+    from deepdefacer.errors import InputError
+    from deepdefacer.io import load_image
     from deepdefacer.qc.facecheck import check_image
 
     try:
-        image = nib.load(str(path))
-        if len(image.shape) < 3 or min(image.shape[:3]) < 2:
-            raise ValueError(f"not a 3D image (shape {image.shape})")
+        # The defacer's own checks: a scan it would refuse (no orientation in the header, complex
+        # values, a hostile header) cannot be judged either, and "no face" would be a guess.
+        image = load_image(path)
         evidence = check_image(image)
+    except InputError as error:
+        return {"file": str(path), "status": "error", "face_present": None, "reason": error.reason}
     except Exception as error:  # one unreadable file must not stop the others
         return {"file": str(path), "status": "error", "face_present": None, "reason": f"{type(error).__name__}: {error}"}
     return {"file": str(path), "status": "face" if evidence.face_present else "no_face",

@@ -126,7 +126,7 @@ def deface_files(input_path: Path, output: Path, mask_out, others, device: str,
     from deepdefacer.io import (load_image, mask_image_like, write_image,
                                 write_in_source_encoding)
     from deepdefacer.mask_transfer import apply_mask, resample_mask
-    from deepdefacer.pipeline import background_intensity
+    from deepdefacer.conform import background_intensity
 
     start = time.monotonic()
     img = load_image(input_path)

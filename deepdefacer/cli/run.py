@@ -192,7 +192,7 @@ def summarise(results, copy_failures) -> int:
     summary = (f"Deepdefacer: {len(scan_results)} scan(s): {counts['defaced']} defaced, "
                f"{counts['skipped']} already up to date, {counts['failed']} failed")
     if copy_failures:
-        summary += f"; {len(copy_failures)} file(s) could not be copied"
+        summary += f"; {len(copy_failures)} file(s) left out of the copy or not copied"
     flagged = [scan.relpath for scan in scan_results if scan.qc_flags]
     if flagged:
         summary += (f"; QC flagged {len(flagged)} defaced scan(s) for review: "
@@ -300,8 +300,11 @@ def configure_logging(args) -> None:
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         file_handler.setLevel(logging.DEBUG)
     warnings_log = logging.getLogger("py.warnings")
+    # nibabel reports header quirks (zero pixdims) on its own logger, not as warnings.
+    nibabel_log = logging.getLogger("nibabel.global")
     for logger, handlers in ((log, [handler, file_handler]),
-                             (warnings_log, [None if args.quiet else handler, file_handler])):
+                             (warnings_log, [None if args.quiet else handler, file_handler]),
+                             (nibabel_log, [None if args.quiet else handler, file_handler])):
         for old in list(logger.handlers):
             logger.removeHandler(old)
             old.close()

@@ -12,6 +12,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from deepdefacer.conform import background_intensity
+
 
 @dataclass
 class RasVolume:
@@ -92,6 +94,11 @@ def head_threshold(intensity: np.ndarray) -> float:
     robust maximum, where skin and fat of every contrast we measured lie above it.
     """
     values = intensity[np.isfinite(intensity)]
+    # Intensities from the air's: a signed scan's air can be stored at -128, and clipped at 0
+    # the whole histogram would fall in the lowest bin.
+    offset = background_intensity(intensity) if values.size else 0.0
+    if offset:
+        return head_threshold(intensity - offset) + offset
     values = values[values > values.min()] if values.size else values
     if values.size == 0:
         return 0.0
