@@ -1,12 +1,17 @@
-"""Benchmark: seconds that QC adds per scan (renders, checks, figures, verdict JSON).
+"""Benchmark: seconds that the face check and QC add per scan.
 
-    python bench/bench_qc.py [--repeat 5] [--out DIR]
+    python bench/bench_qc.py [--repeat 5] [--out DIR] [--model]
 
 For every head in ../shared/data/heads: deface it (a geometric slab cut, or the
-shipped model with --model), then time `qc_scan` on images already in memory
-(the BIDS app has them loaded for defacing), `repeat` times; prints the median
-per scan and the median over scans. Also times `check_image` alone, which is
-what deepdefacer-check runs per scan. Target: <= 2 s per scan.
+shipped model with --model), then time, on images already in memory (the BIDS app
+has them loaded for defacing), `repeat` times each:
+  verify    the face check every scan must pass (deepdefacer.qc.verify), as the job runs it
+  qc        `qc_scan` (renders, figures, verdict JSON) after it, reusing its volumes, as the
+            job runs it
+  qc alone  `qc_scan` without the check's volumes (the baseline: QC before the check was a gate)
+  check     `check_image` alone, what deepdefacer-check runs per scan
+and prints the medians per scan, the median over scans, and the ratio of the job's
+added time (verify + qc) to QC alone in the same run.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from qc_helpers import head_paths, slab_deface  # noqa: E402
 
 from deepdefacer.qc.facecheck import check_image  # noqa: E402
 from deepdefacer.qc.participant import qc_scan  # noqa: E402
+from deepdefacer.qc.verify import verify_defacing  # noqa: E402
 
 
 def in_memory(img):
@@ -54,27 +60,38 @@ def main(argv=None) -> int:
         print("no heads found in ../shared/data/heads", file=sys.stderr)
         return 2
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_qc_"))
-    print(f"{'scan':32s} {'shape':>16s} {'qc_scan s':>9s} {'check s':>8s}  verdict")
-    scan_medians, check_medians = [], []
+    columns = ("verify", "qc", "qc alone", "check")
+    print(f"{'scan':32s} {'shape':>16s} " + " ".join(f"{c + ' s':>10s}" for c in columns) + "  verified")
+    medians = {column: [] for column in columns}
     for path in paths:
         original = in_memory(nib.load(path))
         defaced, mask = defaced_by_model(original) if args.model else slab_deface(original)
         defaced, mask = in_memory(defaced), in_memory(mask)
-        scan_times, check_times = [], []
+        removed = np.asanyarray(mask.dataobj) > 0
+        stem = path.name.split(".")[0]
+        times = {column: [] for column in columns}
         for _ in range(args.repeat):
             started = time.perf_counter()
-            result = qc_scan(original, defaced, mask, out, path.name.split(".")[0])
-            scan_times.append(time.perf_counter() - started)
+            verification = verify_defacing(original, defaced, removed)
+            times["verify"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            qc_scan(original, defaced, mask, out, stem, verification=verification)
+            times["qc"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            qc_scan(original, defaced, mask, out, stem)
+            times["qc alone"].append(time.perf_counter() - started)
             started = time.perf_counter()
             check_image(defaced)
-            check_times.append(time.perf_counter() - started)
-        scan_medians.append(statistics.median(scan_times))
-        check_medians.append(statistics.median(check_times))
-        print(f"{path.name:32s} {'x'.join(map(str, original.shape[:3])):>16s} {scan_medians[-1]:9.2f} "
-              f"{check_medians[-1]:8.2f}  {result['verdict']}", flush=True)
-    print(f"median over {len(paths)} scans: qc_scan {statistics.median(scan_medians):.2f} s "
-          f"(max {max(scan_medians):.2f} s), check_image {statistics.median(check_medians):.2f} s "
-          f"(max {max(check_medians):.2f} s); figures in {out}")
+            times["check"].append(time.perf_counter() - started)
+        for column in columns:
+            medians[column].append(statistics.median(times[column]))
+        print(f"{path.name:32s} {'x'.join(map(str, original.shape[:3])):>16s} "
+              + " ".join(f"{medians[c][-1]:10.2f}" for c in columns) + f"  {verification.verified}",
+              flush=True)
+    over = {column: statistics.median(values) for column, values in medians.items()}
+    print(f"median over {len(paths)} scans: " + ", ".join(f"{c} {over[c]:.2f} s" for c in columns)
+          + f"; the job's check and QC (verify + qc) take {(over['verify'] + over['qc']) / over['qc alone']:.2f}x "
+          f"QC alone; figures in {out}")
     return 0
 
 

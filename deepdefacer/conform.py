@@ -140,7 +140,7 @@ ASSUMED_HEAD_MM = 200.0
 # view are often tight there, but never narrower than a head), or a whole head (not cut by the
 # field of view) that short along another axis (a 2 mm head stored as 1 mm is ~85 mm wide), or a
 # head wider than MAX_WIDTH_MM or longer than MAX_HEAD_MM along any axis (a 1 mm head stored as
-# 2 mm). On every real scan here the head's box is 160-216 mm wide (left-right) and at most
+# 2 mm). On every real scan here the head's box is 156-216 mm wide (left-right) and at most
 # 256 mm along any axis (docs/reliability.md). Such a head is scaled so that its width is
 # TYPICAL_WIDTH_MM: the width is the axis a field of view cuts least.
 MAX_WIDTH_MM = 260.0
