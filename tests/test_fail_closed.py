@@ -237,3 +237,19 @@ def test_a_signed_scan_with_a_negative_background_is_filled_with_its_background(
     np.testing.assert_array_equal(raw[~removed], signed[~removed])
     verification = verify_defacing(img, defaced, removed)
     assert verification.verified, verification.reason
+
+
+@pytest.mark.parametrize("name", ["ixi/IXI575-HH-2658_T1.nii.gz", "heads/ndd_example4_crop_psr.nii.gz"])
+def test_a_short_nose_is_judged_against_itself(name, defacer):
+    """A flat nose (12 mm) or a coarse crop's (9 mm) is shorter than the QC's nose: the original is
+    still found to have a face, and a 'defacing' that keeps it fails, while the model's passes."""
+    img = nib.load(SHARED_DATA / name)
+    raw, _ = image_data(img)
+    mask = crown_mask(img)
+    verification = verify_defacing(img, apply_mask(img, raw, mask), mask)
+    assert verification.face_before.face_present
+    assert verification.face_before.nose_length_mm < 13.5  # the QC's own measure misses it
+    assert not verification.verified
+    assert verification.reason.startswith("face still present")
+    defaced, removed = deface_with_details(img, defacer)[:2]
+    assert verify_defacing(img, defaced, np.asanyarray(removed.dataobj) > 0).verified

@@ -116,8 +116,10 @@ def bump_above_curvature(protrusion: np.ndarray, inner_px: int, outer_px: int) -
     return np.where(np.isnan(bump), -np.inf, bump)
 
 
-def face_evidence(depth_mm: np.ndarray, pixel_mm: float) -> FaceEvidence:
-    """Judge a front depth map (see render.depth_map(volume, 'front'))."""
+def face_evidence(depth_mm: np.ndarray, pixel_mm: float,
+                  min_length_mm: float = RIDGE_MIN_LENGTH_MM) -> FaceEvidence:
+    """Judge a front depth map (see render.depth_map(volume, 'front')): a nose is a midline
+    ridge at least ``min_length_mm`` long (standard-head mm)."""
     width_mm = head_width_mm(depth_mm, pixel_mm)
     if width_mm <= 0:
         return FaceEvidence(False, "no head found in the image", 0.0, 0.0, -1, -1, -1, 0.0, 0.0, 0.0, 1.0)
@@ -154,12 +156,12 @@ def face_evidence(depth_mm: np.ndarray, pixel_mm: float) -> FaceEvidence:
         if recess <= NOSE_MAX_RECESS_MM and candidate[:2] > best[:2]:
             best = candidate
     length, peak_drop, row, column, top_row, recess, projection = best
-    present = length >= RIDGE_MIN_LENGTH_MM
+    present = length >= min_length_mm
     if present:
         reason = (f"nose ridge at the midline, {length:.0f} mm long, standing {peak_drop:.0f} mm in front of "
                   f"both cheeks")
     elif length > 0:
-        reason = f"no nose: longest midline ridge {length:.0f} mm (a nose is >= {RIDGE_MIN_LENGTH_MM:.0f} mm)"
+        reason = f"no nose: longest midline ridge {length:.0f} mm (a nose is >= {min_length_mm:.0f} mm)"
     else:
         reason = "no nose: no midline ridge in front of the cheeks"
     return FaceEvidence(bool(present), reason, round(length, 1), round(peak_drop, 1), int(row), int(column),

@@ -18,11 +18,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from deepdefacer.qc.facecheck import FaceEvidence, face_evidence, proper_rotations, rotated
+from deepdefacer.qc.facecheck import (RIDGE_MIN_LENGTH_MM, FaceEvidence, face_evidence,
+                                      proper_rotations, rotated)
 from deepdefacer.qc.render import depth_map
 from deepdefacer.qc.volume import RasVolume, ras_volume
 
 HEADER_VIEW = ((0, 1, 2), (False, False, False))
+# On an original, a midline ridge this long (standard-head mm) is taken for its nose: shorter than
+# the QC's nose (RIDGE_MIN_LENGTH_MM, set so that defaced heads do not show one), so that a flat
+# nose (IXI575: 12 mm) or a coarse block's (the 64^3 crop: 9 mm) is found too. The defaced scan is
+# then judged against that nose: no ridge of REMNANT_FRACTION of its length may be left, nor a
+# nose by the QC's measure.
+ORIGINAL_MIN_RIDGE_MM = 9.0
+REMNANT_FRACTION = 0.75
 # The same front seen upside down: a face upside down is still a face, and the two views of
 # one face fire together (every original measured).
 UPSIDE_DOWN = ((0, 1, 2), (True, False, True))
@@ -69,7 +77,8 @@ def verify_defacing(original_img, defaced_img, mask) -> Verification:
     surfaces = [same_shape(volume, original.intensity.shape) for volume in (
         ras_volume(defaced_img, voxel_mm=original.voxel_mm, threshold=original.threshold),
         ras_volume(defaced_img, voxel_mm=original.voxel_mm))]
-    after, view = face_left(surfaces, views)
+    remnant_mm = min(RIDGE_MIN_LENGTH_MM, REMNANT_FRACTION * before.nose_length_mm)
+    after, view = face_left(surfaces, views, remnant_mm)
     volumes = (original, surfaces[0])
     if after.face_present:
         return Verification(False, f"face still present after defacing: {after.reason}",
@@ -88,11 +97,11 @@ def face_views(volume: RasVolume) -> tuple[FaceEvidence, list]:
     """
     evidence = {}
     for view in (HEADER_VIEW, UPSIDE_DOWN):
-        evidence[view] = _evidence(volume, view)
+        evidence[view] = _evidence(volume, view, min_length_mm=ORIGINAL_MIN_RIDGE_MM)
         if evidence[view].face_present:
             return evidence[view], [HEADER_VIEW]
-    evidence.update({view: _evidence(volume, view) for view in proper_rotations()
-                     if view not in evidence})
+    evidence.update({view: _evidence(volume, view, min_length_mm=ORIGINAL_MIN_RIDGE_MM)
+                     for view in proper_rotations() if view not in evidence})
     found = sorted((view for view, e in evidence.items() if e.face_present),
                    key=lambda view: (-evidence[view].nose_length_mm, -evidence[view].nose_drop_mm))
     if not found:
@@ -100,29 +109,30 @@ def face_views(volume: RasVolume) -> tuple[FaceEvidence, list]:
     return evidence[found[0]], found
 
 
-def face_left(surfaces, views) -> tuple[FaceEvidence, tuple]:
+def face_left(surfaces, views, min_length_mm: float) -> tuple[FaceEvidence, tuple]:
     """The face check on each surface of the defaced scan in each of ``views``, upright and
-    upside down. A face on any of them counts: returns it and its view, else the evidence of
-    the first view."""
+    upside down, a ridge of ``min_length_mm`` counting as a nose left. A face on any of them
+    counts: returns it and its view, else the evidence of the first view."""
     first = None
     for view in views:
         for volume in surfaces:
             for twin in (False, True):
-                evidence = _evidence(volume, view, upside_down=twin)
+                evidence = _evidence(volume, view, upside_down=twin, min_length_mm=min_length_mm)
                 if evidence.face_present:
                     return evidence, view
                 first = first or (evidence, view)
     return first
 
 
-def _evidence(volume: RasVolume, view, upside_down: bool = False) -> FaceEvidence:
+def _evidence(volume: RasVolume, view, upside_down: bool = False,
+              min_length_mm: float = RIDGE_MIN_LENGTH_MM) -> FaceEvidence:
     permutation, flips = view
     intensity = rotated(volume.intensity, permutation, flips)
     head = rotated(volume.head, permutation, flips)
     if upside_down:
         intensity, head = (rotated(a, *UPSIDE_DOWN) for a in (intensity, head))
     return face_evidence(depth_map(RasVolume(intensity, volume.voxel_mm, head, volume.threshold),
-                                   "front"), volume.voxel_mm)
+                                   "front"), volume.voxel_mm, min_length_mm)
 
 
 def same_shape(volume: RasVolume, shape) -> RasVolume:
