@@ -112,8 +112,8 @@ def test_killed_at_each_write_step_resumes_to_the_same_outputs(step, dataset, un
     assert_incomplete_then_resumed(dataset, output, undisturbed, capsys)
 
 
-@pytest.mark.parametrize("step", ["image", "qc-verdict"])
-def test_sigterm_at_a_write_step_removes_its_temporary_and_resumes(step, dataset, undisturbed,
+@pytest.mark.parametrize("step", list(WRITE_STEPS))
+def test_sigterm_at_each_write_step_removes_its_temporary_and_resumes(step, dataset, undisturbed,
                                                                    tmp_path, capsys):
     output = tmp_path / "out"
     stopped = run_with_fault(dataset, output, WRITE_STEPS[step], "term")
