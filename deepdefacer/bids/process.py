@@ -157,8 +157,8 @@ def process_job(job: Job, settings: Settings, defacer=None) -> JobResult:
         }
 
     for group_output in planned:
-        # Every scan is defaced and checked before anything of the group is written; a scan whose
-        # check fails is not written (fail closed) unless --allow-unverified asks for it.
+        # Each scan's face check runs before its image is written; a scan that fails it is not
+        # written (fail closed) unless --allow-unverified asks for it.
         done = []
         for scan_output in group_output.scans:
             scan = scan_output.scan
