@@ -81,20 +81,9 @@ class Defacer:
     @property
     def decision(self) -> dict:
         """The post-processing parameters (recorded in every output's provenance)."""
-        return {"FaceThreshold": self.face_threshold, "FaceGrowthMM": self.face_dilate_mm,
-                "BrainThreshold": self.brain_threshold, "BrainMarginMM": self.brain_margin_mm,
-                "GrowthBrainMarginMM": (self.brain_margin_mm if self.growth_margin_mm is None
-                                        else self.growth_margin_mm),
-                "FieldOfViewEdgeMM": self.edge_mm, "LeftRightMirrorAverage": self.mirror_average,
-                # Only when on: outputs made without it keep their provenance (not redone).
-                # The gain (stop 16) changes outputs: stop 15's guarded outputs are redone.
-                **({"AtlasBrainGuard": True, "AtlasBrainGain": ATLAS_BRAIN_GAIN,
-                    # Stop 18: implausible headers' voxel sizes fitted, and a crown cut by the field
-                    # of view placed from the fit (only those scans change).
-                    "AtlasHeaderFit": True, "AtlasCrown": True,
-                    # Stop 20: the guard's own registration (deepdefacer.registration) replaced
-                    # antsRegistration; guarded outputs made before it are redone.
-                    "AtlasRegistration": ATLAS_REGISTRATION} if self.atlas_guard else {})}
+        return decision_record(self.face_threshold, self.face_dilate_mm, self.brain_threshold,
+                               self.brain_margin_mm, self.growth_margin_mm, self.edge_mm,
+                               self.mirror_average, self.atlas_guard)
 
     @property
     def model_sha256(self) -> str:
@@ -140,6 +129,59 @@ class Defacer:
         return deface_with_details(img, self)
 
 
+def decision_record(face_threshold, face_dilate_mm, brain_threshold, brain_margin_mm,
+                    growth_margin_mm, edge_mm, mirror_average, atlas_guard) -> dict:
+    """The post-processing parameters as the provenance records them (and the up-to-date check
+    compares them)."""
+    return {"FaceThreshold": face_threshold, "FaceGrowthMM": face_dilate_mm,
+            "BrainThreshold": brain_threshold, "BrainMarginMM": brain_margin_mm,
+            "GrowthBrainMarginMM": brain_margin_mm if growth_margin_mm is None else growth_margin_mm,
+            "FieldOfViewEdgeMM": edge_mm, "LeftRightMirrorAverage": mirror_average,
+            # Only when on: outputs made without it keep their provenance (not redone).
+            # The gain changes outputs: guarded outputs made without it are redone.
+            **({"AtlasBrainGuard": True, "AtlasBrainGain": ATLAS_BRAIN_GAIN,
+                # Implausible headers' voxel sizes fitted, and a crown cut by the field of view
+                # placed from the fit (only those scans change).
+                "AtlasHeaderFit": True, "AtlasCrown": True,
+                # The guard's own registration (deepdefacer.registration) replaced
+                # antsRegistration; guarded outputs made before it are redone.
+                "AtlasRegistration": ATLAS_REGISTRATION} if atlas_guard else {})}
+
+
+def card_settings(card: dict) -> dict:
+    """Defacer's decision settings from a model card's thresholds and inference options."""
+    thresholds = card.get("thresholds", {})
+    return {"face_threshold": float(thresholds.get("face", 0.5)),
+            "brain_threshold": float(thresholds.get("brain", 0.3)),
+            "brain_margin_mm": float(thresholds.get("brain_margin_mm", 4.0)),
+            "face_dilate_mm": float(thresholds.get("face_dilate_mm", 0.0)),
+            "growth_margin_mm": (float(thresholds["growth_margin_mm"])
+                                 if thresholds.get("growth_margin_mm") is not None else None),
+            "edge_mm": float(thresholds.get("edge_mm", 0.0)),
+            "mirror_average": bool(card.get("inference", {}).get("mirror_average", False))}
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What the up-to-date check compares, read without TensorFlow: a rerun over finished
+    outputs (a resubmitted SLURM array) then costs seconds, not a model load."""
+
+    name: str
+    sha256: str
+    decision: dict
+
+
+def model_identity(atlas_guard: bool = True,
+                   model_path: str | os.PathLike | None = None) -> ModelIdentity:
+    """The shipped model's (or ``model_path``'s) file name, sha256 and decision record."""
+    path = Path(model_path) if model_path else shipped_model_path()
+    settings = card_settings(read_card(path))
+    return ModelIdentity(path.name, sha256_of(path), decision_record(
+        settings["face_threshold"], settings["face_dilate_mm"], settings["brain_threshold"],
+        settings["brain_margin_mm"], settings["growth_margin_mm"], settings["edge_mm"],
+        settings["mirror_average"], atlas_guard))
+
+
 def read_card(path: Path) -> dict:
     """The model card beside a ``.keras`` file; it must state the grid the model was trained on.
 
@@ -166,21 +208,12 @@ def load_defacer(device: str = "auto", model_path: str | os.PathLike | None = No
     path = Path(model_path) if model_path else shipped_model_path()
     card = read_card(path)
     grid = card["grid"]
-    thresholds = card.get("thresholds", {})
     model = keras.models.load_model(path, compile=False)
     size = int(model.input_shape[1])
     plan = GridPlan(size=size, voxel_mm=float(grid["voxel_mm"]),
                     top_margin_mm=float(grid.get("top_margin_mm", 12.0)))
-    return Defacer(model=model, path=path, plan=plan,
-                   face_threshold=float(thresholds.get("face", 0.5)),
-                   brain_threshold=float(thresholds.get("brain", 0.3)),
-                   brain_margin_mm=float(thresholds.get("brain_margin_mm", 4.0)),
-                   face_dilate_mm=float(thresholds.get("face_dilate_mm", 0.0)),
-                   growth_margin_mm=(float(thresholds["growth_margin_mm"])
-                                     if thresholds.get("growth_margin_mm") is not None else None),
-                   edge_mm=float(thresholds.get("edge_mm", 0.0)),
-                   mirror_average=bool(card.get("inference", {}).get("mirror_average", False)),
-                   device=used, card=card)
+    return Defacer(model=model, path=path, plan=plan, **card_settings(card), device=used,
+                   card=card)
 
 
 _DEFAULT: Defacer | None = None

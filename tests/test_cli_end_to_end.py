@@ -206,6 +206,20 @@ def test_rerun_skips_up_to_date_scans_and_overwrite_redoes_them(dataset, derivat
     assert_defaced_copy(dataset / SCANS[0], image, derivatives / derivative_paths(SCANS[0])[2])
 
 
+def test_a_rerun_over_finished_outputs_does_not_load_tensorflow(dataset, derivatives):
+    """The up-to-date check reads the model's sha256 and card only: a resubmitted SLURM array
+    costs each task seconds, not TensorFlow's import and the model's load."""
+    arguments = [str(dataset), str(derivatives), "participant", "--skip-bids-validation",
+                 "--device", "cpu"]
+    code = ("import sys; from deepdefacer.cli.run import main; status = main(sys.argv[1:]); "
+            "print('tensorflow' in sys.modules); sys.exit(status)")
+    run = subprocess.run([sys.executable, "-c", code, *arguments], capture_output=True, text=True,
+                         cwd=REPO, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert f"{len(SCANS)} already up to date" in run.stderr
+    assert run.stdout.strip() == "False"
+
+
 def test_output_made_with_other_thresholds_is_redone(dataset, derivatives, capsys):
     # Same model file, other decision thresholds (another model card): not up to date.
     _, sidecar_path, _ = derivative_paths(SCANS[2])

@@ -25,6 +25,7 @@ from deepdefacer.errors import InputError
 from deepdefacer.io import (load_image, mask_image_like, remove_stale_temporaries, sha256_file,
                             split_extension, write_image, write_in_source_encoding, write_json)
 from deepdefacer.mask_transfer import apply_mask, resample_mask
+from deepdefacer.model import ModelIdentity, model_identity
 from deepdefacer.conform import background_intensity
 from deepdefacer.qc.verify import Verification, verify_defacing
 
@@ -71,6 +72,19 @@ class JobResult:
 _defacers: dict = {}
 
 
+_identities: dict = {}
+
+
+def get_model_identity(atlas_guard: bool = True):
+    """The model's sha256 and decision record, read once per process without TensorFlow."""
+    if atlas_guard not in _identities:
+        try:
+            _identities[atlas_guard] = model_identity(atlas_guard)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot read the Deepdefacer model or its card: {exc}") from exc
+    return _identities[atlas_guard]
+
+
 def get_defacer(device: str, atlas_guard: bool = True):
     key = (device, atlas_guard)
     if key not in _defacers:
@@ -114,15 +128,18 @@ def process_job(job: Job, settings: Settings, defacer=None) -> JobResult:
                 input_sha256[scan.relpath] = sha256_file(scan.path)
             except OSError:
                 pass  # reported when the scan itself is loaded
-        defacer = defacer or get_defacer(settings.device, settings.atlas_guard)
+        identity = get_model_identity(settings.atlas_guard) if defacer is None else \
+            ModelIdentity(defacer.model_name, defacer.model_sha256, defacer.decision)
         mask_source = outputs.source_uri(reference.relpath, settings.layout)
         expected = {scan.relpath: outputs.provenance_key(
-            defacer.model_sha256, input_sha256.get(scan.relpath), mask_source,
-            input_sha256[reference.relpath], defacer.decision) for scan in job.scans}
+            identity.sha256, input_sha256.get(scan.relpath), mask_source,
+            input_sha256[reference.relpath], identity.decision) for scan in job.scans}
         if not settings.overwrite and outputs.is_up_to_date(planned, settings.layout, expected,
                                                             qc=settings.qc):
             result.scans = [ScanResult(scan.relpath, SKIPPED, "up to date") for scan in job.scans]
             return result
+        # Only now that a scan needs work: TensorFlow and the model take seconds to load.
+        defacer = defacer or get_defacer(settings.device, settings.atlas_guard)
         reference_defaced, reference_mask_img, details = defacer.deface_with_details(reference_img)
     except ModelLoadError:
         raise
