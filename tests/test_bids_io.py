@@ -256,3 +256,17 @@ def test_hidden_temporaries_only(tmp_path):
     assert temporary.parent == tmp_path
     assert temporary.name.startswith(".sub-01_mod-T1w_defacemask.deepdefacer-tmp-")
     assert os.path.basename(temporary).endswith(".nii.gz")
+
+
+def test_threads_follow_the_cpus_this_process_may_use(monkeypatch):
+    """A SLURM task or container gets a few CPUs of a large node: threads are sized from them."""
+    from deepdefacer.bids import process
+
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.setattr(process.os, "sched_getaffinity", lambda pid: {3, 5, 7}, raising=False)
+    monkeypatch.setattr(process.os, "cpu_count", lambda: 64)
+    assert process.usable_cpus() == 3
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")
+    assert process.usable_cpus() == 2
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "8")
+    assert process.usable_cpus() == 3

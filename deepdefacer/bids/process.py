@@ -370,7 +370,7 @@ def run_jobs(jobs, settings: Settings, n_procs: int = 1, on_result=None, defacer
                 on_result(job_result)
         return results
 
-    threads = max(1, (os.cpu_count() or 1) // n_procs)
+    threads = max(1, usable_cpus() // n_procs)
     context = multiprocessing.get_context("spawn")  # TensorFlow is not fork-safe
     with concurrent.futures.ProcessPoolExecutor(
             max_workers=n_procs, mp_context=context, initializer=_init_worker,
@@ -402,6 +402,17 @@ def run_jobs(jobs, settings: Settings, n_procs: int = 1, on_result=None, defacer
                 worker.terminate()
             raise
     return results
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (a SLURM task's or a container's cgroup
+    allocation, not the whole node) and SLURM_CPUS_PER_TASK where set, whichever is fewer."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        count = os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return max(1, min(count, int(slurm)) if slurm.isdigit() and int(slurm) > 0 else count)
 
 
 def _init_worker(threads: int) -> None:
