@@ -5,11 +5,12 @@
 A defacer's worst outcome is a face shipped as "defaced", so the face check of the QC
 (``deepdefacer.qc.facecheck``: the nose ridge on the head's front surface) is run on every
 scan as part of the job, and a scan that fails it is a failed scan. It must not trust the
-header's orientation (the geometry it checks may be the very thing that went wrong), so the
-face is first looked for on the original from every side with every side up, and the
-defaced scan is then judged in the view where the original shows its face. Only that view:
-looked at from every side, a defaced head shows ridges that are not noses (the cut's edge
-and the brow seen rotated by 90 degrees fired on 6 of 12 defaced heads; docs/reliability.md).
+header's orientation (the geometry it checks may be the very thing that went wrong), so when the
+header's front shows no face on the original, the original is looked at from every side with
+every side up, and the defaced scan is judged in each view in which the original shows a face.
+Only those views: looked at from every side, a defaced head shows ridges that are not noses (the
+cut's edge and the brow seen rotated by 90 degrees fired on 6 of 12 defaced heads when tried).
+Rates and cost: docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from deepdefacer.qc.render import depth_map
 from deepdefacer.qc.volume import RasVolume, ras_volume
 
 HEADER_VIEW = ((0, 1, 2), (False, False, False))
+# The same front seen upside down: a face upside down is still a face, and the two views of
+# one face fire together (every original measured).
+UPSIDE_DOWN = ((0, 1, 2), (True, False, True))
 # On an original, a midline ridge this long (standard-head mm) is taken for its nose: shorter than
 # the QC's nose (RIDGE_MIN_LENGTH_MM, set so that defaced heads do not show one), so that a flat
 # nose (IXI575: 12 mm) or a coarse block's (the 64^3 crop: 9 mm) is found too. The defaced scan is
@@ -31,9 +35,6 @@ HEADER_VIEW = ((0, 1, 2), (False, False, False))
 # nose by the QC's measure.
 ORIGINAL_MIN_RIDGE_MM = 9.0
 REMNANT_FRACTION = 0.75
-# The same front seen upside down: a face upside down is still a face, and the two views of
-# one face fire together (every original measured).
-UPSIDE_DOWN = ((0, 1, 2), (True, False, True))
 
 
 @dataclass
