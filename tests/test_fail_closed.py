@@ -76,6 +76,12 @@ def failures(err: str) -> dict:
     return dict(re.findall(r"^  (\S+): (.+)$", err, flags=re.MULTILINE))
 
 
+def participant(dataset, out, *extra) -> list:
+    """The BIDS App's arguments for the first session of sub-01, with ``extra`` options."""
+    return [str(dataset), str(out), "participant", *SELECT_SES_1, "--skip-bids-validation",
+            "--device", "cpu", "--quiet", *extra]
+
+
 def output_files(folder):
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
 
@@ -83,8 +89,7 @@ def output_files(folder):
 def test_a_face_left_is_a_failed_scan_and_is_not_written(dataset, tmp_path, wrong_mask, capsys):
     wrong_mask("crown")
     out = tmp_path / "out"
-    status = main([str(dataset), str(out), "participant", *SELECT_SES_1, "--suffix", "T1w",
-                   "--skip-bids-validation", "--device", "cpu", "--quiet"])
+    status = main(participant(dataset, out, "--suffix", "T1w"))
     err = capsys.readouterr().err
     assert status == 1
     assert "1 scan(s): 0 defaced, 0 already up to date, 1 failed" in err
@@ -95,8 +100,7 @@ def test_a_face_left_is_a_failed_scan_and_is_not_written(dataset, tmp_path, wron
 
 def test_a_mask_that_removes_nothing_fails(dataset, tmp_path, wrong_mask, capsys):
     wrong_mask("none")
-    status = main([str(dataset), str(tmp_path / "out"), "participant", *SELECT_SES_1,
-                   "--suffix", "T1w", "--skip-bids-validation", "--device", "cpu", "--quiet"])
+    status = main(participant(dataset, tmp_path / "out", "--suffix", "T1w"))
     assert status == 1
     assert failures(capsys.readouterr().err)[T1W].startswith("the mask removes nothing")
 
@@ -104,8 +108,7 @@ def test_a_mask_that_removes_nothing_fails(dataset, tmp_path, wrong_mask, capsys
 def test_the_upload_copy_never_receives_a_face(dataset, tmp_path, wrong_mask, capsys):
     wrong_mask("crown")
     out = tmp_path / "out"
-    status = main([str(dataset), str(out), "participant", *SELECT_SES_1, "--layout", "bids",
-                   "--skip-bids-validation", "--device", "cpu", "--quiet"])
+    status = main(participant(dataset, out, "--layout", "bids"))
     err = capsys.readouterr().err
     assert status == 1
     failed = failures(err)
@@ -121,8 +124,7 @@ def test_allow_unverified_writes_for_inspection_and_still_fails(dataset, tmp_pat
                                                                 capsys):
     wrong_mask("crown")
     out = tmp_path / "out"
-    arguments = [str(dataset), str(out), "participant", *SELECT_SES_1, "--suffix", "T1w",
-                 "--skip-bids-validation", "--device", "cpu", "--quiet", "--allow-unverified"]
+    arguments = participant(dataset, out, "--suffix", "T1w", "--allow-unverified")
     assert main(arguments) == 1
     assert "written anyway (--allow-unverified)" in failures(capsys.readouterr().err)[T1W]
     sidecar = out / "sub-01/ses-1/anat/sub-01_ses-1_desc-defaced_T1w.json"
@@ -137,8 +139,7 @@ def test_allow_unverified_writes_for_inspection_and_still_fails(dataset, tmp_pat
 def test_an_earlier_output_of_a_scan_that_now_fails_is_removed(dataset, tmp_path, wrong_mask,
                                                                capsys):
     out = tmp_path / "out"
-    arguments = [str(dataset), str(out), "participant", *SELECT_SES_1, "--suffix", "T1w",
-                 "--skip-bids-validation", "--device", "cpu", "--quiet"]
+    arguments = participant(dataset, out, "--suffix", "T1w")
     assert main(arguments) == 0
     image = out / "sub-01/ses-1/anat/sub-01_ses-1_desc-defaced_T1w.nii.gz"
     assert image.is_file()
@@ -176,8 +177,7 @@ def test_a_header_without_orientation_fails_with_its_reason(dataset, tmp_path, c
     nib.save(without_orientation_codes(nib.load(path)), path)
     loaded = nib.load(path)
     assert (int(loaded.header["qform_code"]), int(loaded.header["sform_code"])) == (0, 0)
-    status = main([str(dataset), str(tmp_path / "out"), "participant", *SELECT_SES_1,
-                   "--skip-bids-validation", "--device", "cpu", "--quiet", "--skip-qc"])
+    status = main(participant(dataset, tmp_path / "out", "--skip-qc"))
     err = capsys.readouterr().err
     assert status == 1
     failed = failures(err)
