@@ -37,10 +37,10 @@ ARG EXTRAS=validate,atlas
 # package index.
 ARG WHEELHOUSE=containers/wheelhouse
 COPY ${WHEELHOUSE} /tmp/wheelhouse/
-COPY setup.cfg containers/requirements.py /tmp/requirements/
+COPY pyproject.toml containers/requirements.py /tmp/requirements/
 # With wheels in the wheelhouse pip is told (through a config file, kept for the next stage) to use
 # them and nothing else; without, it uses the package index.
-RUN python3 /tmp/requirements/requirements.py --setup-cfg /tmp/requirements/setup.cfg \
+RUN python3 /tmp/requirements/requirements.py --pyproject /tmp/requirements/pyproject.toml \
         --variant "${VARIANT}" --extras "${EXTRAS}" > /tmp/requirements/requirements.txt \
     && set -- /tmp/wheelhouse/*.whl \
     && if [ -e "$1" ]; then \
@@ -58,7 +58,7 @@ RUN python3 /tmp/requirements/requirements.py --setup-cfg /tmp/requirements/setu
 # The package itself, installed apart from the dependencies (--target) so that the image's last layer
 # holds only Deepdefacer and its model.
 FROM deps AS code
-COPY pyproject.toml setup.cfg version /tmp/src/
+COPY pyproject.toml version README.md LICENSE /tmp/src/
 COPY deepdefacer /tmp/src/deepdefacer
 COPY models /tmp/src/models
 RUN PIP_CONFIG_FILE=/tmp/requirements/pip.conf /opt/venv/bin/pip install --no-cache-dir \

@@ -12,8 +12,8 @@
 # must match the image's Python (3.11 on Debian bookworm and python:3.11-slim) and platform (x86_64
 # glibc), so this runs `pip wheel` with a host Python of the same minor version (PYTHON, default
 # python3): binary wheels are downloaded as they are, and the few sdist-only packages (docopt, through
-# pybids) are built into pure-Python wheels here. setuptools and wheel are added for building
-# Deepdefacer itself inside the image without an index.
+# pybids) are built into pure-Python wheels here. setuptools (the version pyproject.toml's build-system
+# asks for) is added for building Deepdefacer itself inside the image without an index.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,6 +46,6 @@ if [ -n "$local_wheels" ]; then
 fi
 # --prefer-binary: never build a package from source when any wheel of an acceptable version exists.
 "$python" -m pip wheel --quiet --prefer-binary --wheel-dir "$wheelhouse" "${source_options[@]}" \
-  --requirement "$requirements" "setuptools>=64" wheel
+  --requirement "$requirements" "setuptools>=77"
 echo "make-wheelhouse.sh: $(find "$wheelhouse" -name '*.whl' | wc -l) wheels," \
      "$(du -sh "$wheelhouse" | cut -f1) in $wheelhouse ($variant, extras: ${extras:-none})"
