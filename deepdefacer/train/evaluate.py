@@ -1,5 +1,4 @@
-"""Score a model against the reference labels: ``python -m deepdefacer.evaluate``
-(the same as ``python -m deepdefacer.train.evaluate``).
+"""Score a model against the reference labels: ``python -m deepdefacer.train.evaluate``.
 
 Per head: fraction of the reference face region removed (within the head), whether each
 landmark (both eyes, nose tip, mouth) is removed, brain voxels removed, Dice against the

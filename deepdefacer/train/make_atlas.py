@@ -1,4 +1,4 @@
-"""Make the atlas of the optional atlas guard: ``python -m deepdefacer.train.atlas``.
+"""Make the atlas of the optional atlas guard: ``python -m deepdefacer.train.make_atlas``.
 
 pydeface's average head (``mean_reg2mean``, MIT) and mridefacer's brain (``head_tmpl_brain``,
 MIT) brought onto it (the template that ``deepdefacer.train.labels`` prepares), block-averaged
