@@ -1,6 +1,6 @@
 """Peak memory and time of `deepdeface` on every case of the bad-input corpus.
 
-    .venv/bin/python bench/bad_inputs.py [--repeats 3] [--cases LABEL ...] [--json OUT] [--md]
+    .venv/bin/python -m bench.bad_inputs [--repeats 3] [--cases LABEL ...] [--json OUT] [--md]
 
 The corpus is tests/bad_inputs.py's (each case made from a real head in ../shared/data). Every
 run is `deepdeface CASE -o OUT --device cpu` in a fresh process, so each peak includes Python,
@@ -29,11 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+from bench.bench_deface import machine_info as machine_description
+from tests.bad_inputs import DEFACED, FAILED, SHARED_DATA, build_corpus, cases
 
-from bad_inputs import DEFACED, FAILED, SHARED_DATA, build_corpus, cases  # noqa: E402
-from bench_deface import machine_info as machine_description  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine_info() -> dict:
@@ -149,7 +148,7 @@ def main(argv=None) -> int:
           f"MiB); over the goal: {over or 'none'}; not as the corpus expects: "
           f"{unexpected or 'none'}")
     report = {
-        "command": "python bench/bad_inputs.py " + " ".join(argv if argv is not None
+        "command": "python -m bench.bad_inputs " + " ".join(argv if argv is not None
                                                              else sys.argv[1:]),
         "what": "deepdeface CASE -o OUT --device cpu, one fresh process a run; peak = the "
                 "child's ru_maxrss (os.wait4), median of the repeats",

@@ -1,6 +1,6 @@
 """Benchmark: seconds that the face check and QC add per scan.
 
-    python bench/bench_qc.py [--repeat 5] [--out DIR] [--model]
+    python -m bench.bench_qc [--repeat 5] [--out DIR] [--model]
 
 For every head in ../shared/data/heads: deface it (a geometric slab cut, or the
 shipped model with --model), then time, on images already in memory (the BIDS app
@@ -26,14 +26,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from qc_helpers import head_paths, slab_deface  # noqa: E402
-
-from deepdefacer.qc.facecheck import check_image  # noqa: E402
-from deepdefacer.qc.participant import qc_scan  # noqa: E402
-from deepdefacer.qc.verify import verify_defacing  # noqa: E402
+from deepdefacer.qc.facecheck import check_image
+from deepdefacer.qc.participant import qc_scan
+from deepdefacer.qc.verify import verify_defacing
+from tests.qc_helpers import head_paths, slab_deface
 
 
 def in_memory(img):

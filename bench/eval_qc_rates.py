@@ -1,6 +1,6 @@
 """Measure the face check: hit rate on original heads, false-alarm rate on defaced heads.
 
-    python bench/eval_qc_rates.py [--sets heads ixi nichart] [--defacers slab model pydeface]
+    python -m bench.eval_qc_rates [--sets heads ixi nichart] [--defacers slab model pydeface]
                                   [--cache DIR] [--json OUT]
 
 Originals: every head in ../shared/data/heads, each also stored in two other axis
@@ -29,13 +29,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from qc_helpers import DATA, head_paths, reorient, slab_deface  # noqa: E402
-
-from deepdefacer.qc.facecheck import check_image  # noqa: E402
-from deepdefacer.qc.participant import defaced_face_evidence  # noqa: E402
+from deepdefacer.qc.facecheck import check_image
+from deepdefacer.qc.participant import defaced_face_evidence
+from tests.qc_helpers import DATA, head_paths, reorient, slab_deface
 
 ORIENTATIONS = {"": None, "_psr": ((1, 2, 0), (0, 1, 0)), "_ilp": ((2, 0, 1), (1, 0, 1))}
 

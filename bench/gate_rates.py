@@ -1,6 +1,6 @@
 """Measure the face check that every defaced scan must pass (deepdefacer.qc.verify).
 
-    python bench/gate_rates.py [--sets heads ixi nichart] [--json docs/gate_rates.json]
+    python -m bench.gate_rates [--sets heads ixi nichart] [--json docs/gate_rates.json]
 
 For every original head with a face (../shared/data: heads/ in three axis orders, the 150 IXI and
 the 36 NiChart scans) it records:
@@ -27,12 +27,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-
-from eval_qc_rates import defacing_failed, originals, reorient  # noqa: E402
-
-from deepdefacer.qc.verify import HEADER_VIEW, verify_defacing  # noqa: E402
+from bench.eval_qc_rates import defacing_failed, originals, reorient
+from deepdefacer.qc.verify import HEADER_VIEW, verify_defacing
 
 
 def turned(img):
@@ -103,8 +99,7 @@ def main(argv=None) -> int:
 def axis_orders(names=("t1w_head_ext2", "chris_t1w")) -> list:
     """Every one of the 48 axis orders (array and affine changed together) of two real heads,
     defaced by a geometric slab cut made once: does the gate find the face, and pass the cut?"""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from qc_helpers import HEADS, slab_deface
+    from tests.qc_helpers import HEADS, slab_deface
 
     rows = []
     for name in names:

@@ -21,8 +21,14 @@ Each arm's weights come back as ``$OUT/<arm>.keras`` without the optimizer's sta
 the device returns files of at most 16 MB), with a card ``$OUT/<arm>.json`` stating v2's grid.
 The whole call takes ~6 minutes on one H200.
 
-    python bench/gpu_more_steps.py pack --out .gpu/heads.npz          # here
-    KERAS_BACKEND=jax python bench/gpu_more_steps.py train --pack .gpu/heads.npz --out $OUT
+Every arm starts from model v1's weights (``deepdefacer_unet_v1.keras``), which no longer ship:
+only v9 does. Take v1 from the git history (``git log --all -- models/deepdefacer_unet_v1.keras``
+names the commits that have it) and pass it with ``--init``. The arms' cards copy the grid,
+outputs and thresholds of the shipped v9 card (the grid is the same for every model so far).
+Run from the repository root:
+
+    python -m bench.gpu_more_steps pack --out .gpu/heads.npz          # here
+    KERAS_BACKEND=jax python -m bench.gpu_more_steps train --pack .gpu/heads.npz --init v1.keras --out $OUT
 """
 
 from __future__ import annotations
@@ -37,11 +43,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from deepdefacer.conform import GridPlan, block_reduce
+from deepdefacer.train.augment import AugmentOptions, Head, sample
 
-from deepdefacer.conform import GridPlan, block_reduce  # noqa: E402
-from deepdefacer.train.augment import AugmentOptions, Head, sample  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 PLAN = GridPlan(size=48, voxel_mm=5.3333)
 _HEADS: list[Head] = []
@@ -134,7 +139,7 @@ def train_arm(pool, name: str, init: Path, out: Path, steps_per_epoch: int, epoc
     # Without the optimizer's state (6 MB, not 18): the device returns files of at most 16 MB.
     _save_without_optimizer(model, out / f"{name}.keras")
     # The card states the grid: deepdefacer.model refuses a model without one.
-    card = json.loads((REPO / "models" / "deepdefacer_unet_v1.json").read_text())  # same grid as every arm
+    card = json.loads((REPO / "models" / "deepdefacer_unet_v9.json").read_text())  # same grid as every arm
     (out / f"{name}.json").write_text(json.dumps({
         "name": name, "file": f"{name}.keras", "grid": card["grid"], "outputs": card["outputs"],
         "thresholds": card["thresholds"], "note": "bench/gpu_more_steps.py arm, not a shipped model"}, indent=2))
@@ -157,7 +162,8 @@ def main(argv=None) -> int:
     t = sub.add_parser("train")
     t.add_argument("--pack", type=Path, required=True)
     t.add_argument("--out", type=Path, required=True)
-    t.add_argument("--init", type=Path, default=REPO / "models" / "deepdefacer_unet_v1.keras")
+    t.add_argument("--init", type=Path, required=True,
+                   help="the starting weights: model v1's .keras (not shipped any more; from the git history)")
     t.add_argument("--arms", nargs="+", default=["short", "long", "long_boundary"])
     t.add_argument("--short-steps", type=int, default=920)
     t.add_argument("--long-seconds", type=float, default=200.0)
@@ -179,7 +185,8 @@ def main(argv=None) -> int:
             "long": (200, 1000, args.long_seconds, 0.0, both, AugmentOptions()),
             "long_boundary": (200, 1000, args.long_seconds, args.boundary_weight, both, AugmentOptions()),
             # v9's recipe (the creep term alone at 0.4), and the same with pitch up to +-30 degrees
-            # and gamma exp(+-0.6) (stop 13: Subj7_T1's brain grows when it is pitched or brightened)
+            # and gamma exp(+-0.6) (Subj7_T1's predicted brain grows when the scan is pitched chin-up or
+            # brightened)
             "long_creep": (200, 1000, args.long_seconds, 0.4, creep, AugmentOptions()),
             "long_creep_wide": (200, 1000, args.long_seconds, 0.4, creep, wide)}
     results = []

@@ -1,6 +1,6 @@
 """Robustness: the product path on validation scans made harder, scored against their labels.
 
-    .venv/bin/python bench/robustness.py [--sets validation] [--perturbations NAME ...]
+    .venv/bin/python -m bench.robustness [--sets validation] [--perturbations NAME ...]
                                          [--n-procs 2] [--no-atlas-guard] [--json OUT] [--md OUT]
 
 Each scan of the chosen sets (default: the 36 validation scans, never trained on) is

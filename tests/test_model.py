@@ -204,8 +204,7 @@ def test_gpu_experiment_pack_is_a_faithful_4mm_copy_of_the_training_heads(tmp_pa
     """bench/gpu_more_steps.py carries heads block-averaged to ~4 mm: they must still be the same heads."""
     if not (SHARED.is_dir() and (REPO / "labels").is_dir()):
         pytest.skip("training data or labels not available")
-    sys.path.insert(0, str(REPO / "bench"))
-    import gpu_more_steps
+    from bench import gpu_more_steps
 
     from deepdefacer.train.augment import sample
     from deepdefacer.train.data import split

@@ -1,15 +1,12 @@
 """bench/robustness.py changes a scan and its labels together: check the geometry it relies on."""
 
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-
-from robustness import NotApplicable, crop_world, perturb, thick_slices  # noqa: E402
+from bench.robustness import NotApplicable, crop_world, perturb, thick_slices
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "ds-demo" / "sub-01" / "ses-1" / "anat"
 
