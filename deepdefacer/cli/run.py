@@ -29,6 +29,10 @@ log = logging.getLogger("deepdefacer")
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from deepdefacer.cli import legacy
+
+    if legacy.is_legacy_call(argv):  # the 2.x form, `deepdefacer --input_file X ...`
+        return legacy.main(argv)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
