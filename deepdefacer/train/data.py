@@ -29,6 +29,11 @@ REJECTED = {
 }
 
 
+def label_name(head_path: Path) -> str:
+    """The stem of a head's label files in labels/: its file name without .nii(.gz)."""
+    return head_path.name.replace(".nii.gz", "").replace(".nii", "")
+
+
 def _subject(path: Path) -> str:
     return path.name.split("_")[0]
 

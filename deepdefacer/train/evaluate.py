@@ -24,8 +24,8 @@ from scipy import ndimage
 
 from deepdefacer.conform import head_mask_coarse
 from deepdefacer.train.augment import rotation_matrix
-from deepdefacer.train.data import split
-from deepdefacer.train.labels import LANDMARKS_VOX, label_name
+from deepdefacer.train.data import label_name, split
+from deepdefacer.train.label_registration import LANDMARKS_VOX
 
 LANDMARK_NAMES = tuple(LANDMARKS_VOX)
 LANDMARK_REMOVED = 0.9  # a landmark counts as removed when 90% of its 6 mm sphere is

@@ -1,7 +1,7 @@
 """Make the atlas of the optional atlas guard: ``python -m deepdefacer.train.make_atlas``.
 
 pydeface's average head (``mean_reg2mean``, MIT) and mridefacer's brain (``head_tmpl_brain``,
-MIT) brought onto it (the template that ``deepdefacer.train.labels`` prepares), block-averaged
+MIT) brought onto it (the template that ``deepdefacer.train.label_registration`` prepares), block-averaged
 to 3 mm and stored as uint8 with their affine in ``models/atlas_pydeface_3mm.npz`` (~0.2 MB).
 """
 
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "models" / ATLAS_NAME)
     args = parser.parse_args(argv)
     if not (args.template_dir / "template_head.nii.gz").exists():
-        from deepdefacer.train.labels import prepare_template
+        from deepdefacer.train.label_registration import prepare_template
 
         prepare_template(args.template_dir)
     make_atlas(args.template_dir, args.out)

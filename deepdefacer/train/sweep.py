@@ -19,9 +19,8 @@ import numpy as np
 
 from deepdefacer.conform import plausible_affine
 from deepdefacer.pipeline import face_mask, image_data, predict
-from deepdefacer.train.data import split
+from deepdefacer.train.data import label_name, split
 from deepdefacer.train.evaluate import LANDMARK_NAMES, passes, reference_labels, score
-from deepdefacer.train.labels import label_name
 
 
 def floats(text: str) -> list[float]:
