@@ -26,10 +26,11 @@ from typing import Callable
 import nibabel as nib
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-HEADS = SHARED_DATA / "heads"
-IXI = SHARED_DATA / "ixi"
+try:
+    from shared_data import HEADS, IXI, REPO, SHARED_DATA  # noqa: F401
+except ImportError:  # imported as tests.bad_inputs (bench/bad_inputs.py)
+    from tests.shared_data import HEADS, IXI, REPO, SHARED_DATA  # noqa: F401
+
 DEMO = REPO / "examples" / "ds-demo"
 
 # 170x36x188 int16, 1 x 6 x 1 mm: the smallest real head, so most cases cost little to run.

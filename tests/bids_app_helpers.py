@@ -9,16 +9,9 @@ import shutil
 import stat
 from pathlib import Path
 
-import pytest
+from shared_data import BIDS_EXAMPLES, HEADS, REPO, SHARED_DATA, needs_shared_data  # noqa: F401
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-HEADS = SHARED_DATA / "heads"
-BIDS_EXAMPLES = SHARED_DATA / "bids-examples-anat"
 DEMO = REPO / "examples" / "ds-demo"
-
-needs_shared_data = pytest.mark.skipif(
-    not SHARED_DATA.is_dir(), reason=f"shared test data not found at {SHARED_DATA}")
 
 
 def checksums(folder: Path) -> dict:

@@ -1,16 +1,43 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures shared by the test modules, and the ``data`` marker's skip.
+
+Markers (pyproject.toml): ``slow`` (the model on whole scans or datasets, the atlas registration,
+the app in subprocesses) and ``data`` (needs the shared data folder, tests/shared_data.py). The
+quick loop: ``bash tests/run.sh -m "not slow and not data"``.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
+from shared_data import SHARED_DATA, SKIP_REASON, available
+
 # One ITK thread for antspyx (ITK reads this when antspyx loads, later than this file), which only the
-# training's reference labels and the pydeface baseline use since stop 20: with several threads ITK
-# sums its metric in a varying order and reruns differ. The atlas guard's own registration
-# (deepdefacer.registration) is bit-identical on any number of threads.
+# training's reference labels and the pydeface baseline use: with several threads ITK sums its metric
+# in a varying order and reruns differ. The atlas guard's own registration (deepdefacer.registration)
+# is bit-identical on any number of threads.
 os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared data folder (../shared/data), read-only; the test is skipped without it."""
+    if not available():
+        pytest.skip(SKIP_REASON)
+    return SHARED_DATA
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that use the shared_data fixture are marked ``data``; every ``data`` test is skipped,
+    with one reason, when the folder is absent."""
+    skip = pytest.mark.skip(reason=SKIP_REASON)
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()) and item.get_closest_marker("data") is None:
+            item.add_marker(pytest.mark.data)
+        if item.get_closest_marker("data") is not None and not available():
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-HEADS = DATA / "heads"
-
-requires_heads = pytest.mark.skipif(not HEADS.is_dir(), reason=f"shared test data not found at {HEADS}")
+try:
+    from shared_data import HEADS, SHARED_DATA as DATA, needs_shared_data as requires_heads
+except ImportError:  # imported as tests.qc_helpers (bench/bench_qc.py)
+    from tests.shared_data import HEADS, SHARED_DATA as DATA, needs_shared_data as requires_heads
 
 
 def head_paths() -> list[Path]:

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import SHARED_DATA, needs_shared_data
 
 from deepdefacer.atlas import BRAIN_GAIN, START_SCALES, atlas_guard, load_atlas
 
 STARTS = (*START_SCALES, "rigid first")  # the 6 mm fits, one of which is refined
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+SHARED = SHARED_DATA
 LABELS = REPO / "labels"
 
 
@@ -54,6 +55,7 @@ def test_a_failed_registration_leaves_the_networks_guard():
     assert not result.used and "registration failed" in result.reason and "no overlap" in result.reason
 
 
+@pytest.mark.slow
 def test_the_atlas_guard_needs_no_antspyx(monkeypatch, tmp_path):
     """Since stop 20 the guard registers with its own numpy fit (deepdefacer.registration):
     with antspyx unimportable the default run still defaces with the guard on and trusted."""
@@ -81,6 +83,7 @@ def guarded(defacer):
     return defacer
 
 
+@pytest.mark.slow
 def test_the_guard_is_recorded_in_the_provenance_only_when_on(guarded, network):
     assert guarded.decision["AtlasBrainGuard"] is True
     assert guarded.decision["AtlasBrainGain"] == BRAIN_GAIN  # stop 15's guarded outputs are redone
@@ -114,8 +117,9 @@ def test_the_registered_brain_protects_beyond_its_own_threshold_edge(monkeypatch
     assert (merged.brain >= threshold).sum() > (np.maximum(net_brain, registered) >= threshold).sum()
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data not found at {SHARED}")
+@needs_shared_data
 @pytest.mark.parametrize("name", ["Subj7_T1", "ixi002_t2_6mm", "Subj1_T1"])
+@pytest.mark.slow
 def test_atlas_guard_keeps_the_brain_the_network_misses(network, guarded, name):
     """Subj7_T1 (the most chin-down elderly head) and the 6 mm T2w lose brain with the
     network's guard alone (model v9); with the atlas they keep it and still lose the face.
@@ -131,8 +135,9 @@ def test_atlas_guard_keeps_the_brain_the_network_misses(network, guarded, name):
         assert alone["brain_removed_voxels"] > 500  # the case the guard is for
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data not found at {SHARED}")
+@needs_shared_data
 @pytest.mark.parametrize("name", ["IXI329-HH-1908_T1", "Subj1_FL"])
+@pytest.mark.slow
 def test_a_fit_that_slides_over_the_eyes_is_not_chosen(guarded, monkeypatch, name):
     """With ANTs' fit and seed 2 the direct affine of these two heads landed the atlas brain
     1-2 cm forward, over both eyes, and they kept their eyes (stop 14). Of the 6 mm fits the one
@@ -150,6 +155,7 @@ def test_a_fit_that_slides_over_the_eyes_is_not_chosen(guarded, monkeypatch, nam
     assert row["eye_left"] and row["eye_right"] and passes(row), detail
 
 
+@pytest.mark.slow
 def test_registration_leaves_no_files_behind(guarded, tmp_path, monkeypatch):
     import tempfile
 
@@ -185,6 +191,7 @@ print(hashlib.sha256(brain.tobytes()).hexdigest(), round(float((brain >= 0.5).su
 """
 
 
+@pytest.mark.slow
 def test_the_registration_is_seeded(tmp_path):
     """The fit's sample points are drawn with a seed: two processes give the same brain, bit for bit."""
     import subprocess
@@ -212,6 +219,7 @@ def _guarded_run(tmp_path, name):
     return [s["AtlasGuard"] for s in sidecars]
 
 
+@pytest.mark.slow
 def test_each_scans_guard_outcome_is_in_its_provenance(guarded, tmp_path, monkeypatch, capsys):
     """Whether the registration was trusted is per scan: it goes into the provenance, and a scan
     whose registration was not trusted is flagged for review in the run's summary."""

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import SHARED_DATA, needs_shared_data
 
 from deepdefacer.conform import GridPlan
 from deepdefacer.train.augment import AugmentOptions, random_world_transform, sample
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+SHARED = SHARED_DATA
 PLAN = GridPlan(size=48, voxel_mm=5.3333)
 
 
@@ -66,6 +67,7 @@ def head():
     return head
 
 
+@needs_shared_data
 def test_sample_is_reproducible_from_its_seed(head):
     a = sample(head, PLAN, np.random.default_rng([2027, 0, 1]))
     b = sample(head, PLAN, np.random.default_rng([2027, 0, 1]))
@@ -79,6 +81,7 @@ def test_sample_is_reproducible_from_its_seed(head):
     assert (a[1][..., 0] > 0.5).sum() > 50 and (a[1][..., 1] > 0.5).sum() > 1000
 
 
+@needs_shared_data
 def test_wider_options_change_the_cubes_they_are_given_to(head):
     seeds = [[5, 0, k] for k in range(6)]
     plain = [sample(head, PLAN, np.random.default_rng(s)) for s in seeds]

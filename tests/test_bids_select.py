@@ -48,6 +48,7 @@ def test_there_are_74_layouts():
 
 
 @pytest.mark.parametrize("dataset", EXAMPLE_DATASETS)
+@pytest.mark.slow
 def test_app_selects_every_anatomical_image_and_reports_each_placeholder(dataset, tmp_path,
                                                                          capsys):
     expected = independent_listing(BIDS_EXAMPLES / dataset)

@@ -167,6 +167,7 @@ def wait_for_scratch(process, temporary: Path, timeout_s: float = 120) -> Path:
     raise AssertionError("no scratch folder appeared")
 
 
+@pytest.mark.slow
 def test_sigterm_removes_the_scratch_folder_and_kill_leaves_it_to_the_next_run(tmp_path):
     dataset = shutil.copytree(DEMO, tmp_path / "ds")
     # No FLAIR in ds-demo: the validator runs (deno's cache), then there is nothing to do.
@@ -192,6 +193,7 @@ def test_sigterm_removes_the_scratch_folder_and_kill_leaves_it_to_the_next_run(t
     assert list(temporary.iterdir()) == [] and list(home.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_a_participant_run_leaves_nothing_in_home_or_tmp(tmp_path):
     dataset = shutil.copytree(DEMO, tmp_path / "ds")

@@ -177,6 +177,7 @@ def test_group_level_without_outputs(tmp_path, capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_run_py_and_console_script_behave_the_same(tmp_path):
     for command in ([sys.executable, str(REPO / "run.py")],
                     [sys.executable, "-m", "deepdefacer.cli.run"]):

@@ -7,12 +7,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from shared_data import SHARED_DATA, needs_shared_data
 from scipy import ndimage
 
 from deepdefacer.conform import GridPlan, conform, native_box, resample, to_native
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data not found at {SHARED}")
+SHARED = SHARED_DATA
+needs_data = needs_shared_data
 
 
 def _scipy_trilinear(data, affine_in, affine_out, shape):

@@ -7,13 +7,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from shared_data import SHARED_DATA, needs_shared_data
 
 from deepdefacer.atlas import START_SCALES
 from deepdefacer.conform import GridPlan, head_box_ras
 from deepdefacer.pipeline import deface_with_details, image_data
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+SHARED = SHARED_DATA
 LABELS = REPO / "labels"
 # 1 mm, RAS, the whole head with its face (the repo's example dataset).
 SCAN = REPO / "examples" / "ds-demo" / "sub-02" / "anat" / "sub-02_run-1_T1w.nii.gz"
@@ -47,6 +48,7 @@ def test_the_atlas_crown_follows_the_fit():
     assert head_top_mm(grow) == pytest.approx(1.1 * top)
 
 
+@pytest.mark.slow
 def test_a_fit_reused_on_another_cube_is_the_registrations_own_warp():
     """The raised cube reuses the fit: ``warp_brain`` carries the atlas brain through it as
     ANTs' warp of the registration does."""
@@ -62,6 +64,7 @@ def test_a_fit_reused_on_another_cube_is_the_registrations_own_warp():
     np.testing.assert_allclose(warp_brain(fit["world"], cube, PLAN), registered, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_crown_cut_by_the_field_of_view_is_placed_from_the_fit(defacer, network):
     img = nib.load(SCAN)
     _, _, whole = deface_with_details(img, defacer)
@@ -76,7 +79,8 @@ def test_a_crown_cut_by_the_field_of_view_is_placed_from_the_fit(defacer, networ
     assert alone == {}
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data not found at {SHARED}")
+@needs_shared_data
+@pytest.mark.slow
 def test_the_crown_cut_validation_head_loses_both_eyes(defacer, monkeypatch):
     """Subj13_T1 with its top 25 mm cut kept an eye until stop 18 (docs/robustness.md)."""
     from deepdefacer import pipeline

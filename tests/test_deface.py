@@ -7,14 +7,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from shared_data import SHARED_DATA, needs_shared_data
 
 from deepdefacer import deface
 from deepdefacer.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+SHARED = SHARED_DATA
 LABELS = REPO / "labels"
-needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data not found at {SHARED}")
+needs_data = needs_shared_data
 
 
 def _labels(name):
@@ -26,6 +27,7 @@ def _labels(name):
 
 @needs_data
 @pytest.mark.parametrize("storage", ["nii", "hdr/img pair"])
+@pytest.mark.slow
 def test_scaled_input_reads_back_the_same_intensities_in_memory(tmp_path, defacer, storage):
     """A uint8 FLAIR stored with scl_slope 3.43: the returned image, before any save, reads the
     input's scaled intensities outside the mask (an array image would read raw uint8 values)."""
@@ -49,6 +51,7 @@ def test_scaled_input_reads_back_the_same_intensities_in_memory(tmp_path, deface
 
 @needs_data
 @pytest.mark.parametrize("name", ["colin27_t1w_2mm.nii", "ixi002_t2_6mm.nii.gz", "t1w_mni_2mm.nii.gz"])
+@pytest.mark.slow
 def test_header_dtype_scaling_kept_and_outside_voxels_bit_identical(tmp_path, defacer, name):
     source = SHARED / "heads" / name
     img = nib.load(source)
@@ -72,6 +75,7 @@ def test_header_dtype_scaling_kept_and_outside_voxels_bit_identical(tmp_path, de
 
 @needs_data
 @pytest.mark.parametrize("name", ["t1w_head_ext2", "colin27_t1w_1mm", "chris_t1w"])
+@pytest.mark.slow
 def test_brain_guard_holds_even_when_the_face_prediction_covers_everything(defacer, name):
     """A hostile face map (1 everywhere) removes nothing within the margin of the predicted
     brain, and keeps at least 99% of the reference brain (the model's brain is the guard)."""
@@ -102,12 +106,14 @@ def test_brain_guard_holds_even_when_the_face_prediction_covers_everything(defac
 
 @pytest.mark.parametrize("shape, reason", [
     ((20, 20, 20, 3), "3D"), ((64, 64), "3D"), ((40, 40, 2), "too thin")])
+@pytest.mark.slow
 def test_images_that_are_not_3d_heads_are_refused(defacer, shape, reason):
     img = nib.Nifti1Image(np.random.default_rng(0).random(shape).astype(np.float32), np.eye(4))
     with pytest.raises(InputError, match=reason):
         deface(img, defacer)
 
 
+@pytest.mark.slow
 def test_nan_and_empty_images_are_refused(defacer):
     data = np.random.default_rng(0).random((30, 30, 30)).astype(np.float32)
     data[3, 4, 5] = np.nan
@@ -117,6 +123,7 @@ def test_nan_and_empty_images_are_refused(defacer):
         deface(nib.Nifti1Image(np.zeros((30, 30, 30), np.int16), np.eye(4)), defacer)
 
 
+@pytest.mark.slow
 def test_package_level_deface_stays_the_function_after_the_pipeline_is_used(defacer):
     import deepdefacer
     import deepdefacer.pipeline  # noqa: F401
@@ -188,6 +195,7 @@ def test_continue_to_edges_carries_the_innermost_band_slice_out_to_the_cut_where
     ("ixi002_t2_6mm", "heads/ixi002_t2_6mm.nii.gz", ("mouth",)),   # mouth in the bottom slice
     ("Subj1_T1", "nichart/Subj1_T1.nii.gz", ("nose", "mouth")),      # beyond the cube's last voxels
 ])
+@pytest.mark.slow
 def test_a_face_at_the_edge_of_the_scan_or_the_cube_is_removed_up_to_it(defacer, name, path, landmarks):
     """What the edge handling adds takes the nose or mouth that the field of view (or the
     cube) cuts through, and none of the reference (SyN) brain."""

@@ -9,12 +9,13 @@ from types import SimpleNamespace
 import nibabel as nib
 import numpy as np
 import pytest
+from shared_data import SHARED_DATA, needs_shared_data
 
 from deepdefacer.conform import GridPlan, plausible_affine, voxel_sizes
 from deepdefacer.pipeline import Prediction, deface_with_details, face_mask, image_data
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+SHARED = SHARED_DATA
 LABELS = REPO / "labels"
 # 1 x 6 x 1 mm, a 2D coronal acquisition with its face (in the repo's example dataset).
 SCAN = REPO / "examples" / "ds-demo" / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_T1w.nii.gz"
@@ -32,6 +33,7 @@ def _shrunk(path, factor=3.0):
     return img, out
 
 
+@pytest.mark.slow
 def test_the_atlas_fit_measures_voxel_sizes_the_header_has_wrong():
     """A 1 x 6 x 1 mm scan stored with 0.33 x 2 x 0.33 mm voxels: the head-size rule (200 mm across)
     gives ~0.93 x 5.6 x 0.93 mm; the atlas's fit comes within 5% of the truth on every axis."""
@@ -54,6 +56,7 @@ def test_the_atlas_fit_measures_voxel_sizes_the_header_has_wrong():
                                assumed[:3, :3] @ centre + assumed[:3, 3], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_an_implausible_header_costs_two_more_registrations(defacer, monkeypatch):
     """The fit of the sizes, then each size's own guard registration: two more in all."""
     from deepdefacer import atlas
@@ -121,6 +124,7 @@ def test_the_union_keeps_what_either_estimate_calls_brain():
     assert (masks[1] & ~union).sum() > 500  # what B alone would have removed next to A's brain
 
 
+@pytest.mark.slow
 def test_the_fit_is_in_the_provenance_only_with_the_atlas(defacer, network):
     _, shrunk = _shrunk(SCAN)
     _, mask, details = deface_with_details(shrunk, defacer)
@@ -146,7 +150,8 @@ def test_the_fit_is_in_the_provenance_only_with_the_atlas(defacer, network):
     assert np.asarray(mask.dataobj).sum() > 0.9 * np.asarray(mask_alone.dataobj).sum() > 0
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data not found at {SHARED}")
+@needs_shared_data
+@pytest.mark.slow
 def test_the_cropped_block_loses_both_eyes(defacer, monkeypatch):
     """ndd_example4_crop_psr (64^3, stored as 0.94 x 0.94 x 1.2 mm) kept its right eye under the
     head-size rule alone (stops 12-17); the atlas fit (~3.3 x 3.4 x 2.7 mm) removes it."""

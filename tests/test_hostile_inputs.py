@@ -287,6 +287,7 @@ def test_deepdeface_refuses_an_output_that_is_not_nifti(tmp_path, capsys, no_mod
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_deepdeface_accepts_nifti_outputs_in_existing_folders(tmp_path, monkeypatch):
     called = []
     monkeypatch.setattr(deface_one, "deface_files", lambda *args: called.append(args) or 0)

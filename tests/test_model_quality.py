@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nibabel as nib
 import pytest
+from shared_data import SHARED_DATA, needs_shared_data
 
 from deepdefacer.train.data import validation_heads
 from deepdefacer.train.evaluate import (LANDMARK_NAMES, evaluate_head, main, orientation_consistency,
@@ -17,9 +18,9 @@ from deepdefacer.train.evaluate import (LANDMARK_NAMES, evaluate_head, main, ori
 from deepdefacer.train.labels import label_name
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+SHARED = SHARED_DATA
 LABELS = REPO / "labels"
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared data not found at {SHARED}")
+pytestmark = [needs_shared_data, pytest.mark.slow]
 
 
 # Heads on which model v9 with the atlas guard (the default) does not meet the acceptance (95% of

@@ -150,6 +150,7 @@ def open_in_chromium(page: Path, screenshot: Path, profile: Path) -> list[str]:
 
 @pytest.mark.skipif(chromium_binary() is None,
                     reason="headless browser test needs Debian's chromium (apt-get install chromium)")
+@pytest.mark.slow
 def test_report_opens_in_headless_chromium_without_console_errors(qc_output, tmp_path):
     out, _ = qc_output
     run_group(out)

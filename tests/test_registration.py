@@ -90,6 +90,7 @@ def _atlas_as_scan(world: np.ndarray, invert: bool):
 
 
 @pytest.mark.parametrize("invert", [False, True], ids=["T1w", "inverted"])
+@pytest.mark.slow
 def test_a_known_transform_is_recovered(invert):
     """A head made from the atlas through a known affine (pitch 12 deg, yaw -8 deg, 0.93-1.08x,
     shifted): the guard's registration finds it to within a millimetre or two, in either contrast."""
