@@ -1,18 +1,22 @@
-"""The augmentation capsule: seeded, reproducible, and its ranges are what the command says."""
+"""Augmentation: training conforms a head with inference's own conform(); the transforms are
+seeded, reproducible, their ranges are what the command says and their recipe is JSON."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
-from shared_data import SHARED_DATA, needs_shared_data
 
-from deepdefacer.conform import GridPlan
-from deepdefacer.train.augment import AugmentOptions, random_world_transform, sample
+from deepdefacer.conform import GridPlan, conform, resample
+from deepdefacer.train.augment import (IDENTITY, AugmentOptions, Compose, Head, RandomAffine,
+                                       RandomGamma, RandomNoise, conformed_sample,
+                                       default_augmentation, random_world_transform, sample)
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = SHARED_DATA
+SHARED = REPO.parent / "shared" / "data"
 PLAN = GridPlan(size=48, voxel_mm=5.3333)
 
 
@@ -42,7 +46,7 @@ def test_pitch_range_is_separate_from_the_other_axes():
 
 def test_default_options_draw_the_same_poses_as_before_they_existed():
     # Shipped models were trained before the options existed: a seed must give the same pose.
-    from deepdefacer.train.augment import rotation_matrix
+    from deepdefacer.train.perturbations import rotation_matrix
 
     for seed in range(5):
         old = np.random.default_rng(seed)  # the formula as it was up to model v10
@@ -61,13 +65,12 @@ def head():
     if not (SHARED.is_dir() and (REPO / "labels").is_dir()):
         pytest.skip("training data or labels not available")
     from deepdefacer.train.data import split
-    from deepdefacer.train.train import load_heads
+    from deepdefacer.train.dataset import load_heads
 
     head, = load_heads(split()["train"][:1], REPO / "labels")
     return head
 
 
-@needs_shared_data
 def test_sample_is_reproducible_from_its_seed(head):
     a = sample(head, PLAN, np.random.default_rng([2027, 0, 1]))
     b = sample(head, PLAN, np.random.default_rng([2027, 0, 1]))
@@ -81,7 +84,6 @@ def test_sample_is_reproducible_from_its_seed(head):
     assert (a[1][..., 0] > 0.5).sum() > 50 and (a[1][..., 1] > 0.5).sum() > 1000
 
 
-@needs_shared_data
 def test_wider_options_change_the_cubes_they_are_given_to(head):
     seeds = [[5, 0, k] for k in range(6)]
     plain = [sample(head, PLAN, np.random.default_rng(s)) for s in seeds]
@@ -91,3 +93,74 @@ def test_wider_options_change_the_cubes_they_are_given_to(head):
     # Every draw's pose changes (the pitch is drawn from a wider range), so the targets move.
     for p, w in zip(plain, wide):
         assert not np.allclose(p[1], w[1])
+
+
+def colin27_head() -> Head:
+    path = SHARED / "heads" / "colin27_t1w_2mm.nii"
+    labels = REPO / "labels"
+    if not (path.exists() and (labels / "colin27_t1w_2mm_face.nii.gz").exists()):
+        pytest.skip("colin27_t1w_2mm or its labels not available")
+    img = nib.load(path)
+    face, brain = (np.asarray(nib.load(labels / f"colin27_t1w_2mm_{kind}.nii.gz").dataobj, np.float32)
+                   for kind in ("face", "brain"))
+    return Head("colin27_t1w_2mm", img.get_fdata(dtype=np.float32), face, brain, img.affine)
+
+
+@needs_shared_data
+def test_training_conforms_a_head_with_inference_conform_bit_for_bit():
+    head = colin27_head()
+    expected = conform(head.image, head.affine, PLAN)
+    cubes = conformed_sample(head, PLAN, np.random.default_rng(0), IDENTITY)
+    assert cubes.image.dtype == expected.array.dtype
+    np.testing.assert_array_equal(cubes.image, expected.array)
+    np.testing.assert_array_equal(cubes.affine_ras, expected.affine_ras)
+    # The labels are resampled onto that very cube, through the same affine.
+    for label, cube in ((head.face, cubes.face), (head.brain, cubes.brain)):
+        np.testing.assert_array_equal(cube, resample(label, head.affine, expected.affine_ras,
+                                                     PLAN.shape, order=1))
+    image, targets = sample(head, PLAN, np.random.default_rng(0), augment=False)
+    np.testing.assert_array_equal(image, expected.array)
+    np.testing.assert_array_equal(targets[..., 0], np.clip(cubes.face, 0, 1))
+    assert (targets[..., 0] > 0.5).sum() > 50 and (targets[..., 1] > 0.5).sum() > 1000
+
+
+def test_a_pose_is_a_change_of_the_affine_that_conform_is_given():
+    head = colin27_head()
+    pose = Compose([RandomAffine()])
+    cubes = conformed_sample(head, PLAN, np.random.default_rng(3), pose)
+    world = random_world_transform(np.random.default_rng(3))
+    expected = conform(head.image, world @ head.affine, PLAN)
+    np.testing.assert_array_equal(cubes.image, expected.array)
+    np.testing.assert_array_equal(cubes.face, resample(head.face, world @ head.affine,
+                                                       expected.affine_ras, PLAN.shape, order=1))
+
+
+def test_the_recipe_is_json_and_names_every_transform_with_its_parameters():
+    recipe = default_augmentation().recipe()
+    assert json.loads(json.dumps(recipe)) == recipe
+    assert [r["transform"] for r in recipe] == [
+        "RandomContrast", "RandomFieldOfView", "RandomAffine", "RandomElasticDeformation",
+        "RandomBiasField", "RandomAnisotropy", "RandomGamma", "RandomNoise", "RandomQuantisation"]
+    assert [r["probability"] for r in recipe] == [0.6, 0.4, 1.0, 0.4, 0.5, 0.3, 0.5, 0.5, 0.3]
+    assert {r["stage"] for r in recipe[:3]} == {"scan"} and {r["stage"] for r in recipe[3:]} == {"cube"}
+    affine = recipe[2]
+    assert affine["max_degrees"] == 20.0 and affine["scale_range"] == [0.85, 1.15]
+    wide = default_augmentation(AugmentOptions(max_pitch_degrees=30.0, gamma_log=0.6)).recipe()
+    assert wide[2]["max_pitch_degrees"] == 30.0 and wide[6]["log_gamma"] == 0.6
+    # The cube stage cannot come before conform.
+    with pytest.raises(ValueError):
+        Compose([RandomGamma(), RandomAffine()])
+
+
+def test_a_transform_applies_with_its_probability_and_not_otherwise():
+    head = colin27_head()
+    never = Compose([RandomNoise(probability=0.0)])
+    always = Compose([RandomNoise(probability=1.0)])
+    plain = conformed_sample(head, PLAN, np.random.default_rng(1), IDENTITY).image
+    # A transform that does not fire leaves the cube as conform made it, renormalised.
+    from deepdefacer.conform import normalise
+
+    np.testing.assert_array_equal(conformed_sample(head, PLAN, np.random.default_rng(1), never).image,
+                                  normalise(plain))
+    noisy = conformed_sample(head, PLAN, np.random.default_rng(1), always).image
+    assert not np.array_equal(noisy, normalise(plain))

@@ -23,9 +23,9 @@ import numpy as np
 from scipy import ndimage
 
 from deepdefacer.conform import head_mask_coarse
-from deepdefacer.train.augment import rotation_matrix
 from deepdefacer.train.data import label_name, split
 from deepdefacer.train.label_registration import LANDMARKS_VOX
+from deepdefacer.train.perturbations import rotation_matrix
 
 LANDMARK_NAMES = tuple(LANDMARKS_VOX)
 LANDMARK_REMOVED = 0.9  # a landmark counts as removed when 90% of its 6 mm sphere is
