@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from shared_data import SHARED_DATA, needs_shared_data
 
 from deepdefacer.conform import GridPlan, conform, resample
 from deepdefacer.train.augment import (IDENTITY, AugmentOptions, Compose, Head, RandomAffine,
@@ -16,7 +17,7 @@ from deepdefacer.train.augment import (IDENTITY, AugmentOptions, Compose, Head, 
                                        default_augmentation, random_world_transform, sample)
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+SHARED = SHARED_DATA
 PLAN = GridPlan(size=48, voxel_mm=5.3333)
 
 
@@ -71,6 +72,7 @@ def head():
     return head
 
 
+@needs_shared_data
 def test_sample_is_reproducible_from_its_seed(head):
     a = sample(head, PLAN, np.random.default_rng([2027, 0, 1]))
     b = sample(head, PLAN, np.random.default_rng([2027, 0, 1]))
@@ -84,6 +86,7 @@ def test_sample_is_reproducible_from_its_seed(head):
     assert (a[1][..., 0] > 0.5).sum() > 50 and (a[1][..., 1] > 0.5).sum() > 1000
 
 
+@needs_shared_data
 def test_wider_options_change_the_cubes_they_are_given_to(head):
     seeds = [[5, 0, k] for k in range(6)]
     plain = [sample(head, PLAN, np.random.default_rng(s)) for s in seeds]
@@ -124,6 +127,7 @@ def test_training_conforms_a_head_with_inference_conform_bit_for_bit():
     assert (targets[..., 0] > 0.5).sum() > 50 and (targets[..., 1] > 0.5).sum() > 1000
 
 
+@needs_shared_data
 def test_a_pose_is_a_change_of_the_affine_that_conform_is_given():
     head = colin27_head()
     pose = Compose([RandomAffine()])
@@ -152,6 +156,7 @@ def test_the_recipe_is_json_and_names_every_transform_with_its_parameters():
         Compose([RandomGamma(), RandomAffine()])
 
 
+@needs_shared_data
 def test_a_transform_applies_with_its_probability_and_not_otherwise():
     head = colin27_head()
     never = Compose([RandomNoise(probability=0.0)])

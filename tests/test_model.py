@@ -11,12 +11,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from shared_data import SHARED_DATA, needs_shared_data
 
 import deepdefacer
 from deepdefacer.model import load_defacer, sha256_of, shipped_model_path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+SHARED = SHARED_DATA
 
 
 def test_model_is_loaded_from_the_installed_package():
@@ -31,6 +32,7 @@ def test_model_is_loaded_from_the_installed_package():
     assert package_dir.exists()
 
 
+@pytest.mark.slow
 def test_model_card_describes_the_shipped_weights():
     path = shipped_model_path()
     card = json.loads(path.with_suffix(".json").read_text())
@@ -44,6 +46,7 @@ def test_model_card_describes_the_shipped_weights():
     assert defacer.model_name == path.name
 
 
+@pytest.mark.slow
 def test_a_model_without_a_card_stating_its_grid_is_refused(tmp_path):
     """The voxel size is not in the .keras file; a guessed one predicts at the wrong scale."""
     import shutil
@@ -62,6 +65,8 @@ def test_a_model_without_a_card_stating_its_grid_is_refused(tmp_path):
     assert load_defacer("cpu", model).plan.voxel_mm == 5.3333
 
 
+@pytest.mark.slow
+@needs_shared_data
 def test_model_predicts_a_face_in_front_and_a_brain_above_it():
     """On the canonical grid (RAS, top of the head at the top) the face is anterior-inferior."""
     if not SHARED.is_dir():
@@ -79,6 +84,8 @@ def test_model_predicts_a_face_in_front_and_a_brain_above_it():
     assert 600 < (brain > 0.5).sum() * defacer.plan.voxel_mm ** 3 / 1000 < 2500  # ml
 
 
+@pytest.mark.slow
+@needs_shared_data
 def test_mirror_average_makes_the_prediction_left_right_symmetric():
     """With the card's mirror average, a head and its mirror image get mirrored outputs.
 
@@ -108,6 +115,8 @@ def test_mirror_average_makes_the_prediction_left_right_symmetric():
     assert defacer.decision["LeftRightMirrorAverage"] is True
 
 
+@pytest.mark.slow
+@needs_shared_data
 def test_smoke_training_runs_and_exports_a_loadable_model(tmp_path):
     if not (SHARED.is_dir() and (REPO / "labels").is_dir()):
         pytest.skip("training data or labels not available")
@@ -134,6 +143,7 @@ def test_smoke_training_runs_and_exports_a_loadable_model(tmp_path):
     assert json.loads((tmp_path / "run" / "state.json").read_text())["epoch"] == 3
 
 
+@needs_shared_data
 def test_training_can_target_the_deformable_brain_or_the_union(tmp_path):
     if not (SHARED.is_dir() and (REPO / "labels").is_dir()):
         pytest.skip("training data or labels not available")
@@ -158,6 +168,7 @@ def test_training_can_target_the_deformable_brain_or_the_union(tmp_path):
     assert load_heads([head_path], tmp_path, "syn") == []
 
 
+@needs_shared_data
 def test_boundary_penalty_targets_face_on_brain_and_brain_missing_at_the_face():
     if not (SHARED.is_dir() and (REPO / "labels").is_dir()):
         pytest.skip("training data or labels not available")
@@ -201,6 +212,7 @@ def test_boundary_penalty_targets_face_on_brain_and_brain_missing_at_the_face():
                                      + 0.5 * float(boundary_penalty(binary, grown)), rel=1e-5)
 
 
+@needs_shared_data
 def test_gpu_experiment_pack_is_a_faithful_4mm_copy_of_the_training_heads(tmp_path):
     """bench/gpu_more_steps.py carries heads block-averaged to ~4 mm: they must still be the same heads."""
     if not (SHARED.is_dir() and (REPO / "labels").is_dir()):
