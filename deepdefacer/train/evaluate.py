@@ -198,14 +198,20 @@ def write_card(defacer, rows: list[dict], consistency: dict, command: str) -> No
     card_path.write_text(json.dumps(card, indent=2, default=float) + "\n")
 
 
-def main(argv=None) -> int:
-    from deepdefacer.model import load_defacer
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def scoring_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments of every command that scores a model: labels, model and sets of heads."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--labels", type=Path, default=Path(__file__).resolve().parents[2] / "labels")
     parser.add_argument("--model", type=Path, help="a .keras file with its model card (.json) beside it "
                         "(default: the shipped model)")
     parser.add_argument("--sets", nargs="+", default=["validation", "heads"])
+    return parser
+
+
+def main(argv=None) -> int:
+    from deepdefacer.model import load_defacer
+
+    parser = scoring_parser(__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", metavar="NAME",
                         help="only these heads of the sets (label names, e.g. colin27_t1w_2mm)")
     parser.add_argument("--json", type=Path, help="write all results here")

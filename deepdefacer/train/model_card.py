@@ -8,12 +8,11 @@ augmentation recipe) and, once ``deepdefacer.train.evaluate --write-card`` has r
 from __future__ import annotations
 
 import datetime
-import json
 import subprocess
 from pathlib import Path
 
 from deepdefacer.conform import GridPlan
-from deepdefacer.files import sha256_file
+from deepdefacer.files import sha256_file, write_json
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,7 +67,7 @@ def export(model, plan: GridPlan, out_dir: Path, name: str, card_extra: dict) ->
         "commit": git_commit(),
     }
     card.update(card_extra)
-    path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    write_json(card, path.with_suffix(".json"))
     return path
 
 

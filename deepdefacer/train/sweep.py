@@ -20,7 +20,7 @@ import numpy as np
 from deepdefacer.conform import plausible_affine
 from deepdefacer.pipeline import face_mask, image_data, predict
 from deepdefacer.train.data import label_name, split
-from deepdefacer.train.evaluate import LANDMARK_NAMES, passes, reference_labels, score
+from deepdefacer.train.evaluate import LANDMARK_NAMES, passes, reference_labels, score, scoring_parser
 
 
 def floats(text: str) -> list[float]:
@@ -30,11 +30,7 @@ def floats(text: str) -> list[float]:
 def main(argv=None) -> int:
     from deepdefacer.model import load_defacer
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--labels", type=Path, default=Path(__file__).resolve().parents[2] / "labels")
-    parser.add_argument("--model", type=Path, help="a .keras file with its model card (.json) beside it "
-                        "(default: the shipped model)")
-    parser.add_argument("--sets", nargs="+", default=["validation", "heads"])
+    parser = scoring_parser(__doc__.splitlines()[0])
     parser.add_argument("--face-threshold", type=floats, default=[0.3, 0.4, 0.5])
     parser.add_argument("--face-dilate-mm", type=floats, default=[0.0, 3.0, 6.0])
     parser.add_argument("--brain-margin-mm", type=floats, default=[4.0, 6.0])
