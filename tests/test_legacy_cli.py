@@ -98,6 +98,16 @@ def test_the_wheel_holds_one_model_its_card_and_the_atlas(wheel):
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
 
 
+def test_every_package_folder_is_in_the_wheel(wheel):
+    """pyproject.toml lists the packages (flat layout): a new subpackage must be added there."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    folders = sorted(path.parent.relative_to(REPO).as_posix()
+                     for path in (REPO / "deepdefacer").rglob("__init__.py"))
+    assert folders and all(f"{folder}/__init__.py" in names for folder in folders), folders
+    modules = sorted(path.relative_to(REPO).as_posix() for path in (REPO / "deepdefacer").rglob("*.py"))
+    assert [module for module in modules if module not in names] == []
+
+
 @pytest.mark.slow
 def test_bidsonyms_call_against_the_installed_wheel(installed, tmp_path):
     where = subprocess.run(
