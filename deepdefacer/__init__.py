@@ -1,16 +1,10 @@
 """Deepdefacer: remove faces from MRI head scans with a 3D U-Net (a BIDS App)."""
 
-from importlib.metadata import PackageNotFoundError, version as _version
-
 # The method lives in deepdefacer.pipeline: a submodule named "deface" would replace this
 # function as a package attribute the first time it is imported.
-from deepdefacer.pipeline import deface
+from deepdefacer.pipeline import Defacer, deface, deface_with_details, load_defacer
+from deepdefacer.provenance import version as _version
 
-try:
-    __version__ = _version("deepdefacer")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    from pathlib import Path as _Path
+__version__ = _version()
 
-    __version__ = (_Path(__file__).resolve().parents[1] / "version").read_text().strip()
-
-__all__ = ["deface", "__version__"]
+__all__ = ["Defacer", "deface", "deface_with_details", "load_defacer", "__version__"]

@@ -1,4 +1,4 @@
-"""A second brain guard: an average brain registered to the scan (on by default since stop 15;
+"""A second brain guard: an average brain registered to the scan (on by default;
 ``--no-atlas-guard`` turns it off).
 
 The network's brain output is the guard that keeps every voxel near the brain. On a few
@@ -6,8 +6,7 @@ heads it falls short (model v9: the frontal base of the most chin-down elderly h
 ``Subj7_T1``, 10-20 mm short; a 6 mm T2w), and the face region's growth then reaches
 the brain. This guard registers an average head (pydeface's ``mean_reg2mean``, MIT) to
 the scan with an affine (Mattes mutual information, so any contrast; three starts at 6 mm,
-the best refined at 3 mm; ``deepdefacer.registration``, numpy, since stop 20: antsRegistration
-before) and carries its brain (mridefacer's ``head_tmpl_brain``, MIT, on pydeface's grid) onto
+the best refined at 3 mm; ``deepdefacer.registration``, numpy only) and carries its brain (mridefacer's ``head_tmpl_brain``, MIT, on pydeface's grid) onto
 the model's cube. The guard then protects the union of both brains, the registered one counted
 x ``BRAIN_GAIN`` (a fit a millimetre or two short still guards).
 
@@ -15,9 +14,9 @@ A registration can fail (a cropped block, a scan far from an average head). A
 registered brain that covers more than ``MAX_FACE_OVERLAP_ML`` of the network's face is
 not trusted: the network's brain alone is used and the reason is logged.
 
-On 2 cores the fit takes ~0.5-1 s a scan (docs/model.md, docs/benchmark.md). Its sample points are
+On 2 cores the fit takes ~0.5-1 s a scan (docs/benchmark.md). Its sample points are
 drawn with a seed (``SEED``): reruns are bit-identical. The atlas travels in the package
-(``models/atlas_pydeface_3mm.npz``, made by ``python -m deepdefacer.train.atlas``).
+(``models/atlas_pydeface_3mm.npz``, made by ``python -m deepdefacer.train.make_atlas``).
 """
 
 from __future__ import annotations
@@ -27,9 +26,12 @@ from dataclasses import dataclass, replace
 from importlib import resources
 
 import numpy as np
+from scipy import ndimage
 from scipy.ndimage import gaussian_filter
 
-from deepdefacer.conform import block_reduce
+from deepdefacer import registration as reg
+from deepdefacer.conform import block_reduce, conform, cube_affine, head_box_ras
+from deepdefacer.errors import ModelLoadError
 
 log = logging.getLogger("deepdefacer")
 
@@ -38,9 +40,9 @@ ATLAS_MM = 3.0
 MAX_FACE_OVERLAP_ML = 20.0
 # The registered brain's probability is multiplied by this before it joins the network's: with the
 # brain threshold 0.2 it protects down to an atlas probability of 0.13, ~1-2 mm farther out. Without
-# it, small changes to the fit (stop 16's ANTs fit: two ITK threads, a looser stopping rule) cost
-# `Subj7_T1` 5 frontal-pole voxels; with it none (docs/model.md, stop 16). Fits centimetres off are
-# not rescued by it (the starts are for those).
+# it, small changes to the fit (two ITK threads, a looser stopping rule) cost `Subj7_T1` 5
+# frontal-pole voxels; with it none. Fits centimetres off are not rescued by it (the starts are
+# for those).
 BRAIN_GAIN = 1.5
 # The fit (deepdefacer.registration): L-BFGS-B iterations at 6 mm (each 6 mm start), then at 3 mm.
 ITERATIONS = (100, 50)
@@ -49,18 +51,18 @@ AFTER_RIGID_ITERATIONS = 50
 TOLERANCE = 1e-7  # L-BFGS-B's relative decrease of the metric at which a fit stops
 SMOOTH_MM = 3.0  # Gaussian sigma of both images at 6 mm
 # Sample points: at most this many scan voxels at 6 mm and at 3 mm (seeded); the 3 mm choice of the
-# start uses all of them. ANTs drew ~20% of the voxels (stop 19: ~84k at 3 mm).
+# start uses all of them (antsRegistration drew ~20% of the voxels: ~84k at 3 mm).
 POINTS = (12000, 50000)
 # The affine starts at 6 mm: the atlas at its own size and at 0.9x (an atrophied or small head's
 # right optimum, ``Subj7_T1``), besides a rigid fit first.
 START_SCALES = {"direct": 1.0, "direct at 0.9x": 0.9}
 # Names the fit above in every guarded output's provenance (Decision.AtlasRegistration): outputs made
-# with another (antsRegistration until stop 19) do not match and are redone.
+# with another registration (antsRegistration, in earlier versions) do not match and are redone.
 REGISTRATION = "mattes-affine-3-starts"
 SEED = 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class AtlasResult:
     brain: np.ndarray | None  # brain probability on the cube, None when not trusted
     used: bool
@@ -83,6 +85,15 @@ def load_atlas() -> dict:
     return _ATLAS
 
 
+def require_atlas() -> None:
+    """Read the atlas now, so that a run whose guard cannot work stops before any scan."""
+    try:
+        load_atlas()
+    except OSError as exc:
+        raise ModelLoadError(f"the atlas guard cannot read its atlas: {exc} "
+                             "(or --no-atlas-guard: the network's brain guard alone)") from exc
+
+
 def register_brain(data: np.ndarray, affine: np.ndarray, cube_affine: np.ndarray, plan,
                    seed: int = SEED, fit: dict | None = None) -> np.ndarray:
     """The atlas brain registered to the scan, as a probability on the cube's grid.
@@ -94,15 +105,12 @@ def register_brain(data: np.ndarray, affine: np.ndarray, cube_affine: np.ndarray
     affine fit has more than one optimum on some heads, and mutual information does not always
     prefer the right one: on the most chin-down, atrophied head (``Subj7_T1``) its best optimum
     puts the atlas brain 12 mm too high, and only a start with the atlas at 0.9x reaches the
-    right one (docs/model.md, stop 20). So at 6 mm three fits are made: the affine directly at
+    right one. So at 6 mm three fits are made: the affine directly at
     1x and at 0.9x, and a rigid fit followed by the affine. The one whose atlas correlates best
     with the scan at 3 mm (squared, so either sign of contrast) is refined. ``seed`` draws the
     sample points; reruns are identical. ``fit``, when given, receives the chosen start, the
     correlations and the fit (``world``).
     """
-    from deepdefacer import registration as reg
-    from deepdefacer.conform import conform
-
     atlas = load_atlas()
     # Where conform puts the atlas's head depends on the grid only: found once per grid.
     if atlas.get("cube_plan") != plan:
@@ -151,13 +159,11 @@ def fitted_voxel_sizes(data: np.ndarray, affine: np.ndarray, plan, seed: int = S
     header's zooms is corrected axis by axis (a volume stored with the wrong anisotropy too);
     the axes' directions and the volume's centre are kept. On the robustness benchmark's
     ``header_x3`` scans (2 mm stored as 0.67 mm) the fit gave 1.7-2.1 mm, the 200 mm rule
-    1.5-1.9 mm (docs/model.md, stop 18).
+    1.5-1.9 mm.
 
     Returns ``(affine, zooms, None)``, or ``(None, zooms, reason)`` when the fit is implausible
     (the registration failed, or a voxel axis outside ``FIT_SCALE_RANGE`` of the assumption).
     """
-    from deepdefacer.conform import cube_affine, head_box_ras
-
     fit: dict = {}
     try:
         register_brain(data, affine, cube_affine(*head_box_ras(data, affine), plan), plan, seed, fit)
@@ -195,8 +201,6 @@ def atlas_guard(face: np.ndarray, brain_fn, voxel_mm: float,
 def warp_brain(world: np.ndarray, cube_affine: np.ndarray, plan) -> np.ndarray:
     """The atlas brain on a cube through a fit already made (``world``: scan world -> atlas
     world, RAS); trilinear."""
-    from scipy import ndimage
-
     atlas = load_atlas()
     to_atlas = np.linalg.inv(atlas["affine"]) @ np.asarray(world, float) @ np.asarray(cube_affine, float)
     brain = ndimage.affine_transform(atlas["brain"], to_atlas[:3, :3], to_atlas[:3, 3],
@@ -232,9 +236,8 @@ def guard_prediction(prediction, data: np.ndarray, affine: np.ndarray, plan, nam
 
         def brain_fn():
             return warp_brain(world, prediction.cube_affine, plan)
-    result = atlas_guard(prediction.face, brain_fn, prediction.voxel_mm)
-    result.start = fit.get("start")
-    result.world = fit.get("world")
+    result = replace(atlas_guard(prediction.face, brain_fn, prediction.voxel_mm),
+                     start=fit.get("start"), world=fit.get("world"))
     if not result.used:
         log.warning("%s: atlas guard not used (%s); the network's brain guard alone applies",
                     name, result.reason)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from deepdefacer.regions import largest_component
+
 
 @dataclass(frozen=True)
 class GridPlan:
@@ -96,12 +98,7 @@ def head_mask_coarse(data: np.ndarray) -> np.ndarray:
     low, high = np.percentile(finite, [1, 99.5]) if finite.size else (0.0, 0.0)
     if high <= low:
         return np.zeros(data.shape, bool)
-    mask = smooth > low + 0.12 * (high - low)
-    labels, count = ndimage.label(mask)
-    if count > 1:
-        sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
-        mask = labels == (1 + int(np.argmax(sizes)))
-    return mask
+    return largest_component(smooth > low + 0.12 * (high - low))
 
 
 def world_extent(affine: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:

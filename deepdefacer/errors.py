@@ -18,3 +18,8 @@ class OutputError(InputError, OSError):
     """An output that cannot be written (no space left, a read-only folder): the user's to fix,
     so it is reported like an input problem, naming the file, never as a traceback. Still an
     OSError, for callers that handle a failed write as one."""
+
+
+class ModelLoadError(RuntimeError):
+    """The model (or the atlas guard's atlas) could not be loaded: nothing can be defaced, and a
+    run stops instead of failing every scan the same way."""

@@ -28,9 +28,3 @@ def resample_mask(mask: np.ndarray, mask_affine: np.ndarray, target_shape,
         offset=target_to_mask_voxels[:3, 3], output_shape=target_shape, order=1, mode="nearest")
     return (values >= 0.5).astype(np.uint8)
 
-
-def apply_mask(data: np.ndarray, mask: np.ndarray, fill_value: float = 0.0) -> np.ndarray:
-    """A copy of data with the masked voxels set to fill_value."""
-    defaced = np.array(data, copy=True)
-    defaced[np.asarray(mask).reshape(defaced.shape[:3]) > 0] = fill_value
-    return defaced

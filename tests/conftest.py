@@ -44,16 +44,14 @@ def pytest_collection_modifyitems(config, items):
 def defacer():
     """The shipped model on the CPU with the atlas guard (the default), loaded once for the whole
     run (tests must not change it)."""
-    from deepdefacer.model import load_defacer
+    from deepdefacer.pipeline import load_defacer
 
     return load_defacer("cpu")
 
 
 @pytest.fixture(scope="session")
-def network():
-    """The shipped model with the network's brain guard alone (--no-atlas-guard), loaded once."""
-    from deepdefacer.model import load_defacer
+def network(defacer):
+    """The shipped model with the network's brain guard alone (--no-atlas-guard)."""
+    from deepdefacer.pipeline import Defacer
 
-    defacer = load_defacer("cpu")
-    defacer.atlas_guard = False
-    return defacer
+    return Defacer(defacer.predictor, atlas_guard=False)

@@ -18,12 +18,12 @@ import deepdefacer.bids.outputs  # noqa: F401
 import deepdefacer.bids.process  # noqa: F401
 import deepdefacer.qc.participant  # noqa: F401
 import deepdefacer.qc.render  # noqa: F401
-from deepdefacer import io
+from deepdefacer import files
 from deepdefacer.cli.run import main
 
 ACTION, PATTERN = os.environ["DEEPDEFACER_TEST_FAULT"].split(":", 1)
 SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM}
-original = io.atomic_output
+original = files.atomic_output
 
 
 @contextlib.contextmanager

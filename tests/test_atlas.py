@@ -1,4 +1,4 @@
-"""The atlas guard (on by default since stop 15; --no-atlas-guard turns it off): an average brain
+"""The atlas guard (on by default; --no-atlas-guard turns it off): an average brain
 registered to the scan also guards."""
 
 from __future__ import annotations
@@ -57,17 +57,17 @@ def test_a_failed_registration_leaves_the_networks_guard():
 
 @pytest.mark.slow
 def test_the_atlas_guard_needs_no_antspyx(monkeypatch, tmp_path):
-    """Since stop 20 the guard registers with its own numpy fit (deepdefacer.registration):
-    with antspyx unimportable the default run still defaces with the guard on and trusted."""
+    """The guard registers with its own numpy fit (deepdefacer.registration): with antspyx
+    unimportable the default run still defaces with the guard on and trusted."""
     import nibabel as nib
 
-    from deepdefacer.bids import process
+    from deepdefacer import predictor
     from deepdefacer.cli.deface_one import main
-    from deepdefacer.pipeline import deface_with_details
+    from deepdefacer.pipeline import deface_with_details, load_defacer
 
     monkeypatch.setitem(sys.modules, "ants", None)  # import ants -> ImportError
-    monkeypatch.setattr(process, "_defacers", {})
-    defacer = process.get_defacer("cpu", atlas_guard=True)
+    monkeypatch.setattr(predictor, "_LOADED", {})
+    defacer = load_defacer("cpu", atlas_guard=True)
     source = REPO / "examples" / "ds-demo" / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_T1w.nii.gz"
     _, mask, details = deface_with_details(nib.load(source), defacer)
     assert details["AtlasGuard"]["Used"] and details["AtlasGuard"]["Start"] in STARTS
@@ -86,9 +86,9 @@ def guarded(defacer):
 @pytest.mark.slow
 def test_the_guard_is_recorded_in_the_provenance_only_when_on(guarded, network):
     assert guarded.decision["AtlasBrainGuard"] is True
-    assert guarded.decision["AtlasBrainGain"] == BRAIN_GAIN  # stop 15's guarded outputs are redone
-    assert guarded.decision["AtlasRegistration"] == "mattes-affine-3-starts"  # and stop 19's (ANTs)
-    assert "AtlasBrainGuard" not in network.decision  # outputs made without it (before stop 15) match
+    assert guarded.decision["AtlasBrainGain"] == BRAIN_GAIN  # outputs guarded without the gain are redone
+    assert guarded.decision["AtlasRegistration"] == "mattes-affine-3-starts"  # and those of ANTs' fit
+    assert "AtlasBrainGuard" not in network.decision  # outputs made without the guard match
     assert "AtlasBrainGain" not in network.decision and "AtlasRegistration" not in network.decision
 
 
@@ -96,7 +96,7 @@ def test_the_registered_brain_protects_beyond_its_own_threshold_edge(monkeypatch
     """The atlas brain joins the network's x BRAIN_GAIN: a fit a millimetre or two short still guards."""
     from deepdefacer import atlas
     from deepdefacer.conform import GridPlan
-    from deepdefacer.pipeline import Prediction
+    from deepdefacer.mask import Prediction
 
     face, net_brain = _fields(np.s_[10:30, 36:46, 5:20], np.s_[12:36, 10:30, 22:40])
     net_brain *= 0.5
@@ -140,7 +140,7 @@ def test_atlas_guard_keeps_the_brain_the_network_misses(network, guarded, name):
 @pytest.mark.slow
 def test_a_fit_that_slides_over_the_eyes_is_not_chosen(guarded, monkeypatch, name):
     """With ANTs' fit and seed 2 the direct affine of these two heads landed the atlas brain
-    1-2 cm forward, over both eyes, and they kept their eyes (stop 14). Of the 6 mm fits the one
+    1-2 cm forward, over both eyes, and they kept their eyes. Of the 6 mm fits the one
     whose atlas correlates best with the scan is refined, and with other sample points (seed 2)
     both eyes still go."""
     import functools
@@ -162,17 +162,18 @@ def test_registration_leaves_no_files_behind(guarded, tmp_path, monkeypatch):
     import nibabel as nib
 
     from deepdefacer.conform import plausible_affine
-    from deepdefacer.pipeline import image_data, predict
+    from deepdefacer.nifti import read_volume
+    from deepdefacer.pipeline import predict_and_guard
 
     # TensorFlow writes its own autograph file on a model's first call: trace before watching.
-    guarded.predict(np.zeros(guarded.plan.shape, np.float32))
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where ANTs wrote its transforms until stop 20
+    guarded.predictor.predict(np.zeros(guarded.predictor.plan.shape, np.float32))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where antsRegistration would write its transforms
     img = nib.load(REPO / "examples" / "ds-demo" / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_T1w.nii.gz")
-    _, data = image_data(img)
+    data = read_volume(img).data
     affine, _ = plausible_affine(data, img.affine)
     assert guarded.atlas_guard
-    prediction = predict(data, affine, guarded)
-    assert prediction.brain.max() > 0.5
+    prediction, guard = predict_and_guard(data, affine, guarded)
+    assert guard.used and prediction.brain.max() > 0.5
     assert list(tmp_path.iterdir()) == []
 
 
@@ -181,10 +182,10 @@ import hashlib, sys
 import nibabel as nib
 from deepdefacer.atlas import register_brain
 from deepdefacer.conform import GridPlan, conform, plausible_affine
-from deepdefacer.pipeline import image_data
+from deepdefacer.nifti import read_volume
 plan = GridPlan(size=48, voxel_mm=5.3333)
 img = nib.load(sys.argv[1])
-_, data = image_data(img)
+data = read_volume(img).data
 affine, _ = plausible_affine(data, img.affine)
 brain = register_brain(data, affine, conform(data, affine, plan).affine_ras, plan)
 print(hashlib.sha256(brain.tobytes()).hexdigest(), round(float((brain >= 0.5).sum())))

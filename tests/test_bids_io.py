@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from bids_app_helpers import HEADS, needs_shared_data, nifti_bytes
-from deepdefacer import io
+from deepdefacer import apply, files, nifti
+from deepdefacer.conform import background_intensity
+from deepdefacer.pipeline import apply_face_mask
 from deepdefacer.errors import InputError
 
 pytestmark = needs_shared_data
@@ -24,7 +26,7 @@ COLIN_2MM = HEADS / "colin27_t1w_2mm.nii"  # uint8, uncompressed
 
 def _reason(path) -> str:
     with pytest.raises(InputError) as caught:
-        io.load_image(path)
+        nifti.load_image(path)
     assert caught.value.path == str(path)
     assert str(caught.value).startswith(f"{path}: ")
     return caught.value.reason
@@ -34,10 +36,15 @@ def _reason(path) -> str:
 # load_image: one clear reason per kind of bad file
 
 
-def test_loads_a_real_head_and_caches_its_data():
-    img = io.load_image(T1W)
-    assert img.shape == (170, 36, 188)
-    assert img.in_memory  # read once here, not again by the model
+def test_loads_a_real_head_once():
+    volume = nifti.load_volume(T1W)
+    assert volume.img.shape == volume.raw.shape == volume.data.shape == (170, 36, 188)
+    # The stored values and the intensities are read here, once: the model and the writer use them.
+    np.testing.assert_array_equal(volume.raw, np.asanyarray(nib.load(T1W).dataobj.get_unscaled()))
+    assert volume.data.dtype == np.float32
+    np.testing.assert_array_equal(volume.data, nib.load(T1W).get_fdata().astype(np.float32))
+    assert volume.stored_header.binaryblock == nib.Nifti1Header.from_fileobj(
+        gzip.open(T1W)).binaryblock
 
 
 def test_missing_file(tmp_path):
@@ -106,7 +113,7 @@ def test_single_volume_4d_is_accepted_as_3d(tmp_path):
     img = nib.load(T1W)
     path = tmp_path / "one_volume.nii.gz"
     nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj)[..., None], img.affine), path)
-    loaded = io.load_image(path)
+    loaded = nifti.load_image(path)
     assert loaded.shape == (170, 36, 188)
     np.testing.assert_array_equal(loaded.get_fdata(), img.get_fdata())
 
@@ -127,14 +134,14 @@ def test_all_zero_image(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# write_in_source_encoding: the output is the input with the masked voxels changed, nothing else
+# apply.write_defaced: the output is the input with the masked voxels changed, nothing else
 
 
 def _scaled_big_endian_source(tmp_path):
     """A real head stored the awkward way: big-endian int16 with slope, intercept and extension.
 
     Written with nibabel's low-level header API, because saving an image from an array resets
-    the scaling (the very reason write_in_source_encoding exists).
+    the scaling (the very reason apply.write_defaced writes the stored values itself).
     """
     img = nib.load(T1W)
     raw = np.asanyarray(img.dataobj.get_unscaled()).astype(np.int16)
@@ -164,11 +171,10 @@ def test_defaced_copy_keeps_raw_values_header_and_scaling(tmp_path, output_name)
     assert source.header.endianness == ">" and len(source.header.extensions) == 1
     mask = np.zeros(source.shape, np.uint8)
     mask[:, :12, :60] = 1  # a block of "face"
-    defaced = source.get_fdata()
-    defaced[mask > 0] = 0.0
+    defaced = apply_face_mask(nifti.load_volume(source_path), mask)
 
     output_path = tmp_path / output_name
-    io.write_in_source_encoding(source_path, defaced, mask, output_path)
+    apply.write_defaced(defaced.volume, defaced.raw, output_path)
 
     source_bytes, output_bytes = nifti_bytes(source_path), nifti_bytes(output_path)
     offset = int(source.dataobj.offset)
@@ -182,8 +188,11 @@ def test_defaced_copy_keeps_raw_values_header_and_scaling(tmp_path, output_name)
     raw_out = np.asanyarray(output.dataobj.get_unscaled())
     outside = mask == 0
     np.testing.assert_array_equal(raw_out[outside], raw_in[outside])
-    # The removed voxels read back as the value written (0.0 = raw 20 with this scaling).
-    np.testing.assert_array_equal(output.get_fdata()[mask > 0], 0.0)
+    # The removed voxels read back as the air's intensity (-10.0 = raw 0 with this scaling).
+    air = background_intensity(defaced.volume.data)
+    assert air == -10.0
+    np.testing.assert_array_equal(output.get_fdata()[mask > 0], air)
+    np.testing.assert_array_equal(output.get_fdata(), defaced.image.get_fdata())
     assert len(output_bytes) == len(source_bytes)
 
 
@@ -194,41 +203,42 @@ def test_exception_while_writing_leaves_no_file(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError("disk full (injected)")
 
-    monkeypatch.setattr(io, "array_to_file", fail)
+    monkeypatch.setattr(apply, "array_to_file", fail)
     with pytest.raises(OSError, match="injected"):
-        io.write_in_source_encoding(T1W, nib.load(T1W).get_fdata(), mask, final)
+        defaced = apply_face_mask(nifti.load_volume(T1W), mask)
+        apply.write_defaced(defaced.volume, defaced.raw, final)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_previous_output_survives_a_failed_rewrite(tmp_path, monkeypatch):
     final = tmp_path / "sub-01_T1w.json"
-    io.write_json({"version": 1}, final)
+    files.write_json({"version": 1}, final)
 
     def fail(*args, **kwargs):
         raise OSError("killed (injected)")
 
-    monkeypatch.setattr(io.os, "replace", fail)
+    monkeypatch.setattr(files.os, "replace", fail)
     with pytest.raises(OSError):
-        io.write_json({"version": 2}, final)
+        files.write_json({"version": 2}, final)
     assert json.loads(final.read_text()) == {"version": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["sub-01_T1w.json"]
 
 
 def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path):
     final = tmp_path / "sub-01_desc-defaced_T1w.nii.gz"
-    stale = io.temporary_path(final)
+    stale = files.temporary_path(final)
     stale.write_bytes(b"half an image")
-    other = io.temporary_path(tmp_path / "sub-02_desc-defaced_T1w.nii.gz")
+    other = files.temporary_path(tmp_path / "sub-02_desc-defaced_T1w.nii.gz")
     other.write_bytes(b"another scan's")
     assert stale.name.startswith(".") and stale.name.endswith(".nii.gz")
-    io.remove_stale_temporaries(final)
+    files.remove_stale_temporaries(final)
     assert not stale.exists() and other.exists()
 
 
 def test_written_gzip_has_no_name_or_time_that_leaks(tmp_path):
     final = tmp_path / "sub-01_desc-defaced_T1w.nii.gz"
-    img = nib.load(T1W)
-    io.write_in_source_encoding(T1W, img.get_fdata(), np.zeros(img.shape, np.uint8), final)
+    volume = nifti.load_volume(T1W)
+    apply.write_defaced(volume, volume.raw, final)
     head = final.read_bytes()[:10]
     assert head[:2] == b"\x1f\x8b"
     assert head[4:8] == b"\x00\x00\x00\x00", "gzip mtime must be zero"
@@ -238,7 +248,7 @@ def test_written_gzip_has_no_name_or_time_that_leaks(tmp_path):
 
 def _create(args):
     path, writer = args
-    return io.create_json_exclusive({"writer": writer, "padding": "x" * 100_000}, path)
+    return files.create_json_exclusive({"writer": writer, "padding": "x" * 100_000}, path)
 
 
 def test_dataset_description_created_once_by_racing_processes(tmp_path):
@@ -252,7 +262,7 @@ def test_dataset_description_created_once_by_racing_processes(tmp_path):
 
 
 def test_hidden_temporaries_only(tmp_path):
-    temporary = io.temporary_path(tmp_path / "sub-01_mod-T1w_defacemask.nii.gz")
+    temporary = files.temporary_path(tmp_path / "sub-01_mod-T1w_defacemask.nii.gz")
     assert temporary.parent == tmp_path
     assert temporary.name.startswith(".sub-01_mod-T1w_defacemask.deepdefacer-tmp-")
     assert os.path.basename(temporary).endswith(".nii.gz")
@@ -260,13 +270,13 @@ def test_hidden_temporaries_only(tmp_path):
 
 def test_threads_follow_the_cpus_this_process_may_use(monkeypatch):
     """A SLURM task or container gets a few CPUs of a large node: threads are sized from them."""
-    from deepdefacer.bids import process
+    from deepdefacer import parallel
 
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
-    monkeypatch.setattr(process.os, "sched_getaffinity", lambda pid: {3, 5, 7}, raising=False)
-    monkeypatch.setattr(process.os, "cpu_count", lambda: 64)
-    assert process.usable_cpus() == 3
+    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda pid: {3, 5, 7}, raising=False)
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 64)
+    assert parallel.usable_cpus() == 3
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")
-    assert process.usable_cpus() == 2
+    assert parallel.usable_cpus() == 2
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "8")
-    assert process.usable_cpus() == 3
+    assert parallel.usable_cpus() == 3

@@ -6,7 +6,9 @@ import nibabel as nib
 import numpy as np
 
 from bids_app_helpers import HEADS, needs_shared_data
-from deepdefacer.mask_transfer import apply_mask, resample_mask
+from deepdefacer.mask_transfer import resample_mask
+from deepdefacer.nifti import load_volume
+from deepdefacer.pipeline import apply_face_mask
 
 pytestmark = needs_shared_data
 
@@ -40,12 +42,11 @@ def test_face_region_lands_on_the_same_anatomy_in_another_grid():
     assert np.all(np.abs(world_y_t2[disagree] - threshold_mm) <= 6.0)
 
 
-def test_apply_mask_changes_only_masked_voxels():
-    img = nib.load(HEADS / "colin27_t1w_2mm.nii")
-    data = img.get_fdata()
-    mask = np.zeros(img.shape, np.uint8)
+def test_a_carried_mask_changes_only_masked_voxels():
+    volume = load_volume(HEADS / "colin27_t1w_2mm.nii")
+    mask = np.zeros(volume.img.shape, np.uint8)
     mask[:, 70:, :30] = 1
-    defaced = apply_mask(data, mask)
+    defaced = apply_face_mask(volume, mask).raw
     assert np.all(defaced[mask > 0] == 0)
-    np.testing.assert_array_equal(defaced[mask == 0], data[mask == 0])
-    assert np.any(data[mask > 0] != 0)  # there was something to remove
+    np.testing.assert_array_equal(defaced[mask == 0], volume.raw[mask == 0])
+    assert np.any(volume.raw[mask > 0] != 0)  # there was something to remove

@@ -22,7 +22,7 @@ import pytest
 
 from bids_app_helpers import (DEMO, HEADS, REPO, checksums, copy_read_only, make_writable,
                               needs_shared_data, nifti_bytes)
-from deepdefacer import io
+from deepdefacer import files, nifti
 from deepdefacer.bids.validate import validate_dataset
 from deepdefacer.cli import deface_one
 from deepdefacer.cli.run import main
@@ -37,7 +37,7 @@ SCANS = ["sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz", "sub-01/ses-1/anat/sub-01_
 def derivative_paths(relpath: str):
     """(defaced image, its sidecar, mask) of a source scan in the derivatives layout."""
     folder, _, name = relpath.rpartition("/")
-    stem, extension = io.split_extension(name)
+    stem, extension = files.split_extension(name)
     entities, _, suffix = stem.rpartition("_")
     return (f"{folder}/{entities}_desc-defaced_{suffix}{extension}",
             f"{folder}/{entities}_desc-defaced_{suffix}.json",
@@ -46,7 +46,7 @@ def derivative_paths(relpath: str):
 
 def bids_mask_path(relpath: str) -> str:
     folder, _, name = relpath.rpartition("/")
-    entities, _, suffix = io.split_extension(name)[0].rpartition("_")
+    entities, _, suffix = files.split_extension(name)[0].rpartition("_")
     return f"{folder}/{entities}_mod-{suffix}_defacemask.nii.gz"
 
 
@@ -128,12 +128,14 @@ def test_sidecars_carry_sources_metadata_and_provenance(relpath, dataset, deriva
     sidecar = json.loads((derivatives / sidecar_path).read_text())
     assert sidecar["Sources"] == [f"bids:raw:{relpath}", f"bids::{mask}"]
     provenance = sidecar["Deepdefacer"]
-    assert provenance["Model"] == defacer.model_name
-    assert provenance["ModelSHA256"] == defacer.model_sha256
-    assert provenance["Decision"]["FaceGrowthMM"] == defacer.face_dilate_mm
-    assert provenance["Decision"]["BrainMarginMM"] == defacer.brain_margin_mm
-    assert provenance["InputSHA256"] == io.sha256_file(dataset / relpath)
-    assert provenance["Device"] == str(defacer.device)
+    predictor = defacer.predictor
+    assert provenance["Model"] == predictor.model_name
+    assert provenance["ModelSHA256"] == predictor.model_sha256
+    assert provenance["Decision"] == defacer.decision
+    assert provenance["Decision"]["FaceGrowthMM"] == predictor.thresholds.face_dilate_mm
+    assert provenance["Decision"]["BrainMarginMM"] == predictor.thresholds.brain_margin_mm
+    assert provenance["InputSHA256"] == files.sha256_file(dataset / relpath)
+    assert provenance["Device"] == str(predictor.device)
     assert provenance["Seconds"] > 0
     assert provenance["CommandLine"].startswith("deepdefacer ")
     assert provenance["Version"] == (REPO / "version").read_text().strip()
@@ -148,7 +150,7 @@ def test_no_other_files_in_derivatives(derivatives):
     for relpath in SCANS:
         image, sidecar, mask = derivative_paths(relpath)
         expected |= {image, sidecar, mask, mask.replace(".nii.gz", ".json")}
-        subject, stem = relpath.split("/")[0], io.split_extension(relpath)[0].split("/")[-1]
+        subject, stem = relpath.split("/")[0], files.split_extension(relpath)[0].split("/")[-1]
         qc_stem = f"{subject}/figures/{stem}"
         expected |= {f"{qc_stem}_desc-qc_{kind}" for kind in ("render.png", "slices.png",
                                                                 "verdict.json")}
@@ -243,7 +245,7 @@ def test_changed_input_is_redone(dataset, derivatives, tmp_path, capsys):
                  "--session-label", "2"]) == 0
     assert "1 scan(s): 1 defaced, 0 already up to date" in capsys.readouterr().err
     recorded = json.loads((derivatives / sidecar_path).read_text())["Deepdefacer"]
-    assert recorded["InputSHA256"] == io.sha256_file(dataset / SCANS[2])
+    assert recorded["InputSHA256"] == files.sha256_file(dataset / SCANS[2])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,15 +263,15 @@ def test_interrupt_while_writing_leaves_no_partial_file(dataset, tmp_path, monke
             raise KeyboardInterrupt
         return real_replace(source, target)
 
-    monkeypatch.setattr(io.os, "replace", replace_then_interrupt)
+    monkeypatch.setattr(files.os, "replace", replace_then_interrupt)
     status = main([str(dataset), str(output), "participant", "--skip-bids-validation",
                    "--device", "cpu", "--quiet", "--skip-qc", "--participant-label", "01"])
     assert status == 130
-    leftovers = [p for p in output.rglob("*") if io.TEMPORARY_MARKER in p.name]
+    leftovers = [p for p in output.rglob("*") if files.TEMPORARY_MARKER in p.name]
     assert leftovers == []
     for path in output.rglob("*.nii*"):
-        assert io.is_complete_nifti(path), path
-    monkeypatch.setattr(io.os, "replace", real_replace)
+        assert nifti.is_complete_nifti(path), path
+    monkeypatch.setattr(files.os, "replace", real_replace)
     assert main([str(dataset), str(output), "participant", "--skip-bids-validation",
                  "--device", "cpu", "--quiet", "--skip-qc", "--participant-label", "01"]) == 0
     assert_validates(output)
@@ -292,13 +294,13 @@ def test_killed_process_leaves_only_complete_files(dataset, tmp_path):
     assert any(p.name.endswith("_desc-defaced_T1w.nii.gz") for p in finals)
     for path in finals:
         if ".nii" in path.name:
-            assert io.is_complete_nifti(path), path
+            assert nifti.is_complete_nifti(path), path
         elif path.suffix == ".json":
             json.loads(path.read_text())
     # The next run finishes the job and removes any temporaries the kill left.
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr
-    assert [p for p in output.rglob("*") if io.TEMPORARY_MARKER in p.name] == []
+    assert [p for p in output.rglob("*") if files.TEMPORARY_MARKER in p.name] == []
     assert_validates(output)
 
 
@@ -316,9 +318,9 @@ def test_sigterm_stops_cleanly(dataset, tmp_path):
     rest = process.stderr.read()
     assert process.wait(timeout=120) == 130, rest
     assert "interrupted" in rest and "Traceback" not in rest
-    assert [p for p in output.rglob("*") if io.TEMPORARY_MARKER in p.name] == []
+    assert [p for p in output.rglob("*") if files.TEMPORARY_MARKER in p.name] == []
     for path in output.rglob("*.nii*"):
-        assert io.is_complete_nifti(path), path
+        assert nifti.is_complete_nifti(path), path
 
 
 def test_sigterm_with_several_processes_stops_the_workers_and_the_queue(dataset, tmp_path):
@@ -340,7 +342,7 @@ def test_sigterm_with_several_processes_stops_the_workers_and_the_queue(dataset,
     assert 1 <= len(completed) < len(SCANS)
     assert main([str(dataset), str(output), "participant", "--skip-bids-validation",
                  "--device", "cpu", "--quiet", "--skip-qc"]) == 0
-    assert [p for p in output.rglob("*") if io.TEMPORARY_MARKER in p.name] == []
+    assert [p for p in output.rglob("*") if files.TEMPORARY_MARKER in p.name] == []
     assert len(list(output.rglob("*_desc-defaced_*.json"))) == len(SCANS)
 
 

@@ -1,4 +1,4 @@
-"""A field of view that cuts the top of the head (stop 18): the crown is placed from the atlas fit."""
+"""A field of view that cuts the top of the head: the crown is placed from the atlas fit."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from shared_data import SHARED_DATA, needs_shared_data
 
 from deepdefacer.atlas import START_SCALES
 from deepdefacer.conform import GridPlan, head_box_ras
-from deepdefacer.pipeline import deface_with_details, image_data
+from deepdefacer.nifti import read_volume
+from deepdefacer.pipeline import deface_with_details
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = SHARED_DATA
@@ -23,7 +24,7 @@ PLAN = GridPlan(48, 5.3333, 12.0)
 
 def _cut_top(img, mm: float):
     """``img`` with the top ``mm`` of the head cut off by the field of view (RAS scans only)."""
-    _, data = image_data(img)
+    data = read_volume(img).data
     top = float(head_box_ras(data, img.affine)[1][2])
     keep = int(np.floor((top - mm - img.affine[2, 3]) / img.affine[2, 2])) + 1
     cut = nib.Nifti1Image(np.asanyarray(img.dataobj)[:, :, :keep], img.affine, img.header)
@@ -56,7 +57,7 @@ def test_a_fit_reused_on_another_cube_is_the_registrations_own_warp():
     from deepdefacer.conform import conform
 
     img = nib.load(SCAN)
-    _, data = image_data(img)
+    data = read_volume(img).data
     cube = conform(data, img.affine, PLAN).affine_ras
     fit: dict = {}
     registered = register_brain(data, img.affine, cube, PLAN, fit=fit)
@@ -82,8 +83,8 @@ def test_a_crown_cut_by_the_field_of_view_is_placed_from_the_fit(defacer, networ
 @needs_shared_data
 @pytest.mark.slow
 def test_the_crown_cut_validation_head_loses_both_eyes(defacer, monkeypatch):
-    """Subj13_T1 with its top 25 mm cut kept an eye until stop 18 (docs/robustness.md)."""
-    from deepdefacer import pipeline
+    """Subj13_T1 with its top 25 mm cut kept an eye before the crown was placed from the fit (docs/robustness.md)."""
+    from deepdefacer import atlas_fit
     from deepdefacer.train.evaluate import LANDMARK_NAMES, passes, reference_labels, score
 
     img = nib.load(next(SHARED.rglob("Subj13_T1.nii*")))
@@ -92,7 +93,7 @@ def test_the_crown_cut_validation_head_loses_both_eyes(defacer, monkeypatch):
     keep = cut.shape[2]
     labels = {k: np.asarray(labels[k])[:, :, :keep] for k in ("face", "brain", "brain_affine", "landmarks")
               if k in labels}
-    _, data = image_data(cut)
+    data = read_volume(cut).data
 
     def scored():
         _, mask, details = deface_with_details(cut, defacer)
@@ -103,6 +104,6 @@ def test_the_crown_cut_validation_head_loses_both_eyes(defacer, monkeypatch):
     row, details = scored()
     detail = {k: row[k] for k in ("face_removed", "brain_removed_voxels", *LANDMARK_NAMES)}
     assert passes(row) and details["CrownFromAtlasMM"] > 10, (detail, details)
-    monkeypatch.setattr(pipeline, "CROWN_MIN_MM", 1e9)  # the cube hung from the cut, as before
+    monkeypatch.setattr(atlas_fit, "CROWN_MIN_MM", 1e9)  # the cube hung from the cut
     before, _ = scored()
     assert not (before["eye_left"] and before["eye_right"])

@@ -98,14 +98,16 @@ def test_brain_guard_holds_even_when_the_face_prediction_covers_everything(defac
     mask = np.asarray(mask_img.dataobj).astype(bool)
     brain = _labels(name)["brain"]
     assert mask.sum() > brain.sum() * 0.2, "the hostile map should remove a lot"
-    cube = conform(img.get_fdata(dtype=np.float32), img.affine, defacer.plan)
-    predicted = to_native(defacer.predict(cube.array)[1], cube.affine_ras, img.affine, img.shape)
-    assert not (mask & (predicted >= defacer.brain_threshold)).any()
+    predictor = defacer.predictor
+    cube = conform(img.get_fdata(dtype=np.float32), img.affine, predictor.plan)
+    predicted = to_native(predictor.predict(cube.array)[1], cube.affine_ras, img.affine, img.shape)
+    assert not (mask & (predicted >= predictor.thresholds.brain)).any()
     assert (mask & brain).sum() <= 0.01 * brain.sum(), f"{(mask & brain).sum()} brain voxels removed"
 
 
 @pytest.mark.parametrize("shape, reason", [
-    ((20, 20, 20, 3), "3D"), ((64, 64), "3D"), ((40, 40, 2), "too thin")])
+    ((20, 20, 20, 3), "one 3D volume"), ((64, 64), "needs three dimensions"),
+    ((40, 40, 2), "too small to be a head scan")])
 @pytest.mark.slow
 def test_images_that_are_not_3d_heads_are_refused(defacer, shape, reason):
     img = nib.Nifti1Image(np.random.default_rng(0).random(shape).astype(np.float32), np.eye(4))
@@ -137,7 +139,7 @@ def test_package_level_deface_stays_the_function_after_the_pipeline_is_used(defa
 def test_face_growth_extends_the_face_by_its_distance_and_never_into_the_guard():
     """face_mask on known probability cubes: growing by g mm moves the face's edge out by
     about g mm on a fine native grid, and nothing within the brain margin is removed."""
-    from deepdefacer.pipeline import Prediction, face_mask
+    from deepdefacer.mask import Prediction, face_mask
 
     voxel, size = 4.0, 32
     cube_affine = np.diag([voxel] * 3 + [1.0])
@@ -170,7 +172,7 @@ def test_face_growth_extends_the_face_by_its_distance_and_never_into_the_guard()
 
 
 def test_continue_to_edges_carries_the_innermost_band_slice_out_to_the_cut_where_allowed():
-    from deepdefacer.pipeline import continue_to_edges
+    from deepdefacer.mask import continue_to_edges
 
     mask = np.zeros((40, 30, 20), bool)
     mask[10:20, 5:27, 3:8] = True                  # reaches into the last 4 slices of axis 1
@@ -203,10 +205,12 @@ def test_a_face_at_the_edge_of_the_scan_or_the_cube_is_removed_up_to_it(defacer,
 
     from deepdefacer.train.evaluate import LANDMARK_NAMES
 
-    assert defacer.edge_mm > 0
+    predictor = defacer.predictor
+    assert predictor.thresholds.edge_mm > 0
     img = nib.load(SHARED / path)
     mask = np.asarray(deface(img, defacer)[1].dataobj).astype(bool)
-    without = np.asarray(deface(img, dataclasses.replace(defacer, edge_mm=0.0))[1].dataobj).astype(bool)
+    no_edges = dataclasses.replace(predictor, thresholds=dataclasses.replace(predictor.thresholds, edge_mm=0.0))
+    without = np.asarray(deface(img, dataclasses.replace(defacer, predictor=no_edges))[1].dataobj).astype(bool)
     labels = _labels(name)
     added = mask & ~without
     assert added.any() and not (added & labels["brain"]).any()
@@ -220,7 +224,7 @@ def test_a_face_at_the_edge_of_the_scan_or_the_cube_is_removed_up_to_it(defacer,
 def test_edge_band_holds_the_cube_edge_values_beyond_the_cube():
     """A face reaching the cube's front face: without the edge band the mask stops at the
     cube's last voxel centres (half a voxel inside the cube); with it, it goes on to the scan's edge."""
-    from deepdefacer.pipeline import Prediction, face_mask
+    from deepdefacer.mask import Prediction, face_mask
 
     voxel, size = 4.0, 32
     cube_affine = np.diag([voxel] * 3 + [1.0])

@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 
 from bids_app_helpers import DEMO, SHARED_DATA, needs_shared_data
+from deepdefacer import pipeline
 from deepdefacer.bids import process
 from deepdefacer.cli import deface_one
 from deepdefacer.cli.run import main
 from deepdefacer.errors import InputError
-from deepdefacer.pipeline import apply_mask, deface_with_details, image_data, mask_image
+from deepdefacer.nifti import read_volume
+from deepdefacer.pipeline import apply_face_mask, deface_with_details
 from deepdefacer.qc.verify import HEADER_VIEW, verify_defacing
 
 pytestmark = [needs_shared_data, pytest.mark.slow]
@@ -33,7 +35,7 @@ SELECT_SES_1 = ["--participant-label", "01", "--session-label", "1"]
 
 def crown_mask(img, depth_mm: float = 20.0) -> np.ndarray:
     """The top depth_mm of the head: a mask that removes voxels but leaves the whole face."""
-    _, data = image_data(img)
+    data = read_volume(img).data
     ijk = np.indices(data.shape).reshape(3, -1)
     world_z = (img.affine[2, :3] @ ijk + img.affine[2, 3]).reshape(data.shape)
     head = data > 0.2 * np.percentile(data, 99)
@@ -49,13 +51,10 @@ class WrongMask:
     def __getattr__(self, name):
         return getattr(self.real, name)
 
-    def deface_with_details(self, img):
-        raw, _ = image_data(img)
+    def deface_volume(self, volume):
+        img = volume.img
         mask = crown_mask(img) if self.kind == "crown" else np.zeros(img.shape[:3], bool)
-        return apply_mask(img, raw, mask), mask_image(img, mask), {}
-
-    def deface(self, img):
-        return self.deface_with_details(img)[:2]
+        return apply_face_mask(volume, mask)
 
 
 @pytest.fixture
@@ -68,7 +67,10 @@ def dataset(tmp_path):
 @pytest.fixture
 def wrong_mask(monkeypatch, defacer):
     def use(kind):
-        monkeypatch.setattr(process, "get_defacer", lambda *args, **kwargs: WrongMask(defacer, kind))
+        def wrong(*args, **kwargs):
+            return WrongMask(defacer, kind)
+        monkeypatch.setattr(process, "load_defacer", wrong)  # the BIDS App's
+        monkeypatch.setattr(pipeline, "load_defacer", wrong)  # deepdeface's
     return use
 
 
@@ -207,9 +209,8 @@ def test_a_header_that_lies_about_orientation_still_shows_its_face():
     source = nib.load(IXI)
     turned = nib.Nifti1Image(np.ascontiguousarray(np.rot90(np.asanyarray(source.dataobj), 1, (1, 2))),
                              source.affine)
-    raw, _ = image_data(turned)
     mask = crown_mask(turned)
-    verification = verify_defacing(turned, apply_mask(turned, raw, mask), mask)
+    verification = verify_defacing(turned, apply_face_mask(read_volume(turned), mask).image, mask)
     assert verification.face_before.face_present
     assert verification.view != HEADER_VIEW  # found from another side than the header's front
     assert not verification.verified
@@ -219,7 +220,7 @@ def test_a_header_that_lies_about_orientation_still_shows_its_face():
 def test_pipeline_refuses_an_in_memory_image_without_orientation():
     img = without_orientation_codes(nib.load(IXI))
     with pytest.raises(InputError, match="no orientation"):
-        image_data(img)
+        read_volume(img)
 
 
 def test_a_signed_scan_with_a_negative_background_is_filled_with_its_background(defacer):
@@ -244,9 +245,8 @@ def test_a_short_nose_is_judged_against_itself(name, defacer):
     """A flat nose (12 mm) or a coarse crop's (9 mm) is shorter than the QC's nose: the original is
     still found to have a face, and a 'defacing' that keeps it fails, while the model's passes."""
     img = nib.load(SHARED_DATA / name)
-    raw, _ = image_data(img)
     mask = crown_mask(img)
-    verification = verify_defacing(img, apply_mask(img, raw, mask), mask)
+    verification = verify_defacing(img, apply_face_mask(read_volume(img), mask).image, mask)
     assert verification.face_before.face_present
     assert verification.face_before.nose_length_mm < 13.5  # the QC's own measure misses it
     assert not verification.verified

@@ -19,7 +19,7 @@ import pytest
 
 from bids_app_helpers import HEADS, REPO, needs_shared_data
 from deepdefacer.cli.run import main
-from deepdefacer.io import TEMPORARY_MARKER
+from deepdefacer.files import TEMPORARY_MARKER
 
 pytestmark = [needs_shared_data, pytest.mark.slow]
 

@@ -20,7 +20,7 @@ from deepdefacer.bids.outputs import prepare_output_dataset
 from deepdefacer.bids.select import check_dataset
 from deepdefacer.cli.parser import EXIT_QC_FLAGGED, EXIT_SCANS_FAILED, EXIT_USAGE
 from deepdefacer.cli.run import main
-from deepdefacer.io import split_extension
+from deepdefacer.files import split_extension
 from deepdefacer.qc.participant import qc_scan
 
 pytestmark = needs_shared_data

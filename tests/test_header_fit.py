@@ -1,10 +1,9 @@
-"""Implausible headers (stop 18): the atlas fit measures the voxel sizes, and the face is removed
+"""Implausible headers: the atlas fit measures the voxel sizes, and the face is removed
 under both size estimates (the head-size rule and the fit)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -12,7 +11,10 @@ import pytest
 from shared_data import SHARED_DATA, needs_shared_data
 
 from deepdefacer.conform import GridPlan, plausible_affine, voxel_sizes
-from deepdefacer.pipeline import Prediction, deface_with_details, face_mask, image_data
+from deepdefacer.mask import Prediction, face_mask
+from deepdefacer.nifti import read_volume
+from deepdefacer.pipeline import deface_with_details
+from deepdefacer.predictor import Thresholds
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = SHARED_DATA
@@ -40,7 +42,7 @@ def test_the_atlas_fit_measures_voxel_sizes_the_header_has_wrong():
     from deepdefacer.atlas import fitted_voxel_sizes
 
     img, shrunk = _shrunk(SCAN)
-    _, data = image_data(shrunk)
+    data = read_volume(shrunk).data
     assumed, scale = plausible_affine(data, shrunk.affine)
     assert scale > 2  # implausible: the rule rescales it
     fitted, zooms, reason = fitted_voxel_sizes(data, assumed, PLAN)
@@ -80,7 +82,7 @@ def test_an_implausible_fit_is_not_used(monkeypatch):
 
     monkeypatch.setattr(atlas, "register_brain", absurd)
     _, shrunk = _shrunk(SCAN)
-    _, data = image_data(shrunk)
+    data = read_volume(shrunk).data
     assumed, _ = plausible_affine(data, shrunk.affine)
     fitted, zooms, reason = atlas.fitted_voxel_sizes(data, assumed, PLAN)
     assert fitted is None and "implausible" in reason
@@ -90,7 +92,7 @@ def test_an_implausible_fit_is_not_used(monkeypatch):
 def test_the_union_keeps_what_either_estimate_calls_brain():
     """Two predictions of one scan (two size estimates): what either mask removes goes, except
     where either's brain guard keeps it (its brain and the brain margin around it)."""
-    from deepdefacer.pipeline import union_of_masks
+    from deepdefacer.mask import union_of_masks
 
     cube_affine = np.diag([5.3333] * 3 + [1.0])
     native_affine = np.diag([2.0] * 3 + [1.0])
@@ -105,9 +107,10 @@ def test_the_union_keeps_what_either_estimate_calls_brain():
     # brain lies far from both faces.
     a = prediction(np.s_[5:25, 38:46, 5:15], np.s_[30:45, 30:41, 5:15])
     b = prediction(np.s_[20:45, 38:46, 5:15], np.s_[25:40, 5:20, 30:45])
-    defacer = SimpleNamespace(brain_threshold=0.2, brain_margin_mm=8.0, growth_margin_mm=8.0, edge_mm=0.0)
+    thresholds = Thresholds(face=0.4, brain=0.2, brain_margin_mm=8.0, face_dilate_mm=0.0,
+                            growth_margin_mm=8.0, edge_mm=0.0)
     masks = [face_mask(p, 0.4, 0.2, 8.0) for p in (a, b)]
-    union = union_of_masks(masks, [a, b], defacer)
+    union = union_of_masks(masks, [a, b], thresholds)
     assert masks[0].any() and masks[1].any()
     # Distance of each native voxel to A's brain: the box spanned by its cube voxels' centres
     # (the fields are sampled at those centres and interpolated between them).
@@ -133,18 +136,18 @@ def test_the_fit_is_in_the_provenance_only_with_the_atlas(defacer, network):
     np.testing.assert_allclose(header["Stored"], [1 / 3, 2.0, 1 / 3], atol=1e-3)
     assert header["HeadSizeRule"][1] < header["AtlasFit"][1] < 6.3
     # Two sizes of the fit's shape: the rule's voxel volume, and the fit's own.
-    rule = voxel_sizes(plausible_affine(image_data(shrunk)[1], shrunk.affine)[0])
+    rule = voxel_sizes(plausible_affine(read_volume(shrunk).data, shrunk.affine)[0])
     assert np.prod(header["HeadSizeRule"]) == pytest.approx(np.prod(rule), rel=0.01)
     ratio = np.array(header["HeadSizeRule"]) / np.array(header["AtlasFit"])
     np.testing.assert_allclose(ratio, ratio.mean(), rtol=0.01)
     assert details["AtlasGuard"]["Used"]
     assert defacer.decision["AtlasHeaderFit"] is True
     # A BIDS run flags the scan for review, saying what was assumed.
-    from deepdefacer.bids.process import atlas_flags
+    from deepdefacer.qc.participant import defacing_flags
 
-    (flag,) = atlas_flags(details)
+    (flag,) = defacing_flags(details)
     assert "implausible voxel sizes" in flag and "(0.333 x 2 x 0.333 mm)" in flag and "atlas fit (" in flag
-    # Without the atlas (--no-atlas-guard) the head-size rule alone applies, as before stop 18.
+    # Without the atlas (--no-atlas-guard) the head-size rule alone applies.
     _, mask_alone, alone = deface_with_details(shrunk, network)
     assert alone == {} and "AtlasHeaderFit" not in network.decision
     assert np.asarray(mask.dataobj).sum() > 0.9 * np.asarray(mask_alone.dataobj).sum() > 0
@@ -154,7 +157,7 @@ def test_the_fit_is_in_the_provenance_only_with_the_atlas(defacer, network):
 @pytest.mark.slow
 def test_the_cropped_block_loses_both_eyes(defacer, monkeypatch):
     """ndd_example4_crop_psr (64^3, stored as 0.94 x 0.94 x 1.2 mm) kept its right eye under the
-    head-size rule alone (stops 12-17); the atlas fit (~3.3 x 3.4 x 2.7 mm) removes it."""
+    head-size rule alone; the atlas fit (~3.3 x 3.4 x 2.7 mm) removes it."""
     from deepdefacer import atlas
     from deepdefacer.train.evaluate import LANDMARK_NAMES, evaluate_head, passes
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from bids_app_helpers import HEADS, REPO, needs_shared_data, nifti_bytes
-from deepdefacer import io
+from deepdefacer import nifti
 from deepdefacer.cli import deface_one
 from deepdefacer.errors import InputError
 
@@ -31,7 +31,7 @@ SIX_MM_HEADS = ["ixi002_t1_6mm.nii.gz", "ixi002_t2_6mm.nii.gz", "ixi002_pd_6mm.n
 
 def _reason(path) -> str:
     with pytest.raises(InputError) as caught:
-        io.load_image(path)
+        nifti.load_image(path)
     assert caught.value.path == str(path)
     return caught.value.reason
 
@@ -67,10 +67,10 @@ def test_tiny_file_claiming_16_gb_is_reported_truncated(tmp_path):
 
 MEASURE_LOAD = """
 import sys
-from deepdefacer import io
+from deepdefacer import nifti
 from deepdefacer.errors import InputError
 try:
-    io.load_image(sys.argv[1])
+    nifti.load_image(sys.argv[1])
 except InputError as exc:
     print(exc.reason)
 """
@@ -98,9 +98,9 @@ def test_plausible_header_over_max_voxels_is_refused(tmp_path):
     with open(path, "wb") as stream:
         stream.write(_header_only(header, raw))
         stream.truncate(352 + 1024 * 1024 * 512 * 2)  # sparse: complete, yet takes no disk
-    assert 1024 * 1024 * 512 > io.MAX_VOXELS
+    assert 1024 * 1024 * 512 > nifti.MAX_VOXELS
     assert _reason(path) == (f"image of shape (1024, 1024, 512) has 536870912 voxels, more than "
-                             f"Deepdefacer's maximum of {io.MAX_VOXELS}")
+                             f"Deepdefacer's maximum of {nifti.MAX_VOXELS}")
 
 
 def test_complete_gzip_over_max_voxels_is_read_only_to_the_limit(tmp_path, monkeypatch):
@@ -116,7 +116,7 @@ def test_the_largest_real_scans_fit(tmp_path):
     with open(path, "wb") as stream:
         stream.write(_header_only(header, raw))
         stream.truncate(352 + 512 * 512 * 400 * 2)
-    io._check_stored_size(path, nib.load(path))  # raises InputError if refused
+    nifti._check_stored_size(path, nib.load(path))  # raises InputError if refused
 
 
 def test_damaged_gzip_stream(tmp_path):
@@ -156,11 +156,11 @@ def test_compression_that_does_not_match_the_name(tmp_path):
 
 DROP_TO_NOBODY = """
 import os, sys
-from deepdefacer import io
+from deepdefacer import nifti
 from deepdefacer.errors import InputError
 folder, uid, gid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 os.chdir(folder)  # while still root: the folders above are root's alone
-io.load_image("readable.nii.gz")  # finish nibabel's lazy imports from root's Python
+nifti.load_image("readable.nii.gz")  # finish nibabel's lazy imports from root's Python
 try:
     os.setgroups([])
     os.setgid(gid)
@@ -168,9 +168,9 @@ try:
 except PermissionError:
     print("cannot drop privileges")
     sys.exit(0)
-io.load_image("readable.nii.gz")
+nifti.load_image("readable.nii.gz")
 try:
-    io.load_image("unreadable.nii.gz")
+    nifti.load_image("unreadable.nii.gz")
 except InputError as exc:
     print(exc.reason)
 """
@@ -243,12 +243,12 @@ def test_noise_cube_is_too_small(tmp_path):
     noise = np.random.default_rng(0).normal(100, 20, (5, 5, 5)).astype(np.float32)
     nib.save(nib.Nifti1Image(noise, np.diag([40.0, 40.0, 40.0, 1.0])), path)  # claims 200 mm
     assert _reason(path) == ("image of shape (5, 5, 5) is too small to be a head scan (fewer "
-                             f"than {io.MIN_VOXELS_PER_AXIS} voxels along an axis)")
+                             f"than {nifti.MIN_VOXELS_PER_AXIS} voxels along an axis)")
 
 
 def test_real_head_cut_below_the_minimum_is_too_small(tmp_path):
     img = nib.load(T1W)
-    thin = np.asanyarray(img.dataobj)[:, 10:10 + io.MIN_VOXELS_PER_AXIS - 1, :]
+    thin = np.asanyarray(img.dataobj)[:, 10:10 + nifti.MIN_VOXELS_PER_AXIS - 1, :]
     path = tmp_path / "sub-01_T1w.nii.gz"
     nib.save(nib.Nifti1Image(thin, img.affine), path)
     assert "is too small to be a head scan" in _reason(path)
@@ -256,7 +256,7 @@ def test_real_head_cut_below_the_minimum_is_too_small(tmp_path):
 
 @pytest.mark.parametrize("name", SIX_MM_HEADS)
 def test_real_six_mm_heads_are_not_too_small(name):
-    img = io.load_image(HEADS / name)
+    img = nifti.load_image(HEADS / name)
     assert min(img.shape) in (28, 36)
 
 

@@ -14,7 +14,9 @@ import pytest
 from shared_data import SHARED_DATA, needs_shared_data
 
 import deepdefacer
-from deepdefacer.model import load_defacer, sha256_of, shipped_model_path
+from deepdefacer.files import sha256_file as sha256_of
+from deepdefacer.pipeline import Defacer
+from deepdefacer.predictor import load_predictor, shipped_model_path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = SHARED_DATA
@@ -40,8 +42,10 @@ def test_model_card_describes_the_shipped_weights():
     for key in ("command", "commit", "date", "training_data", "grid", "metrics"):
         assert key in card, key
     assert card["training_data"] and all(len(item["sha256"]) == 64 for item in card["training_data"])
-    defacer = load_defacer("cpu")
+    defacer = load_predictor("cpu")
     assert defacer.plan.size == card["grid"]["size"]
+    assert defacer.thresholds.face == card["thresholds"]["face"]  # the card's, no defaults
+    assert defacer.thresholds.edge_mm == card["thresholds"]["edge_mm"]
     assert defacer.model_sha256 == card["sha256"]
     assert defacer.model_name == path.name
 
@@ -54,15 +58,20 @@ def test_a_model_without_a_card_stating_its_grid_is_refused(tmp_path):
     model = tmp_path / "candidate.keras"
     shutil.copy(shipped_model_path(), model)
     with pytest.raises(ValueError, match=r"candidate\.keras: no model card candidate\.json"):
-        load_defacer("cpu", model)
+        load_predictor("cpu", model)
     card = json.loads(shipped_model_path().with_suffix(".json").read_text())
     del card["grid"]["voxel_mm"]
     model.with_suffix(".json").write_text(json.dumps(card))
     with pytest.raises(ValueError, match=r"candidate\.json: not a model card with grid\.voxel_mm"):
-        load_defacer("cpu", model)
+        load_predictor("cpu", model)
     card["grid"]["voxel_mm"] = 5.3333
+    del card["thresholds"]["face"]
     model.with_suffix(".json").write_text(json.dumps(card))
-    assert load_defacer("cpu", model).plan.voxel_mm == 5.3333
+    with pytest.raises(ValueError, match=r"candidate\.json: not a model card .*thresholds\.face"):
+        load_predictor("cpu", model)  # thresholds belong to the weights: none are made up
+    card["thresholds"]["face"] = 0.4
+    model.with_suffix(".json").write_text(json.dumps(card))
+    assert load_predictor("cpu", model).plan.voxel_mm == 5.3333
 
 
 @pytest.mark.slow
@@ -73,7 +82,7 @@ def test_model_predicts_a_face_in_front_and_a_brain_above_it():
         pytest.skip(f"shared data not found at {SHARED}")
     from deepdefacer.conform import conform
 
-    defacer = load_defacer("cpu")
+    defacer = load_predictor("cpu")
     img = nib.load(SHARED / "heads" / "colin27_t1w_1mm.nii.gz")
     cube = conform(img.get_fdata(dtype=np.float32), img.affine, defacer.plan)
     face, brain = defacer.predict(cube.array)
@@ -96,7 +105,7 @@ def test_mirror_average_makes_the_prediction_left_right_symmetric():
         pytest.skip(f"shared data not found at {SHARED}")
     from deepdefacer.conform import conform
 
-    defacer = load_defacer("cpu")
+    defacer = load_predictor("cpu")
     assert defacer.mirror_average is defacer.card.get("inference", {}).get("mirror_average", False)
     img = nib.load(SHARED / "heads" / "t1w_head_ext2.nii.gz")
     cube = conform(img.get_fdata(dtype=np.float32), img.affine, defacer.plan).array
@@ -112,7 +121,7 @@ def test_mirror_average_makes_the_prediction_left_right_symmetric():
     np.testing.assert_allclose(face_avg, face_avg_m[::-1], atol=1e-5)
     np.testing.assert_allclose(brain_avg, brain_avg_m[::-1], atol=1e-5)
     np.testing.assert_allclose(face_avg, (face + face_m[::-1]) / 2, atol=1e-5)
-    assert defacer.decision["LeftRightMirrorAverage"] is True
+    assert Defacer(defacer).decision["LeftRightMirrorAverage"] is True
 
 
 @pytest.mark.slow
@@ -131,7 +140,7 @@ def test_smoke_training_runs_and_exports_a_loadable_model(tmp_path):
     assert state["epoch"] == 2
     card = json.loads((tmp_path / "models" / "smoke.json").read_text())
     assert card["sha256"] == sha256_of(tmp_path / "models" / "smoke.keras")
-    defacer = load_defacer("cpu", tmp_path / "models" / "smoke.keras")
+    defacer = load_predictor("cpu", tmp_path / "models" / "smoke.keras")
     face, brain = defacer.predict(np.zeros(defacer.plan.shape, np.float32))
     assert face.shape == defacer.plan.shape and np.all((face >= 0) & (face <= 1))
     # Resume continues from the checkpoint instead of starting again (through `python -m deepdefacer.train`).

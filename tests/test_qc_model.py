@@ -17,7 +17,7 @@ pytestmark = [requires_heads, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def defacer():
     try:
-        from deepdefacer.model import load_defacer
+        from deepdefacer.pipeline import load_defacer
 
         return load_defacer(device="cpu")
     except FileNotFoundError as error:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from qc_helpers import HEADS, requires_heads
 
-from deepdefacer import io
+from deepdefacer import files
 from deepdefacer.qc import render
 from deepdefacer.qc.volume import ras_volume
 
@@ -63,7 +63,7 @@ def test_an_interrupted_write_leaves_nothing_and_only_hidden_names_are_used(
         renamed.append(Path(source).name)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(io.os, "replace", interrupted_replace)
+    monkeypatch.setattr(files.os, "replace", interrupted_replace)
     with pytest.raises(KeyboardInterrupt):
         render.write_png(target, render_image)
     assert len(renamed) == 1 and renamed[0].startswith(".")
@@ -72,7 +72,7 @@ def test_an_interrupted_write_leaves_nothing_and_only_hidden_names_are_used(
 
 def test_the_next_write_removes_what_a_killed_one_left(render_image, tmp_path):
     target = tmp_path / "sub-01_desc-qc_render.png"
-    leftover = io.temporary_path(target)  # as a kill -9 before the rename leaves it
+    leftover = files.temporary_path(target)  # as a kill -9 before the rename leaves it
     leftover.write_bytes(b"\x89PNG half")
     other = tmp_path / "sub-02_desc-qc_render.png"
     render.write_png(other, render_image)

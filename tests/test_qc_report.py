@@ -182,7 +182,7 @@ def test_a_corrupt_verdict_is_named_and_fails_the_group(qc_output, tmp_path):
 
 
 def test_report_files_are_written_under_hidden_temporary_names(qc_output, tmp_path, monkeypatch):
-    from deepdefacer import io
+    from deepdefacer import files
 
     out = Path(shutil.copytree(qc_output[0], tmp_path / "out"))
     renamed = []
@@ -191,7 +191,7 @@ def test_report_files_are_written_under_hidden_temporary_names(qc_output, tmp_pa
         renamed.append((Path(source).name, Path(target).name))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(io.os, "replace", interrupted_replace)
+    monkeypatch.setattr(files.os, "replace", interrupted_replace)
     before = sorted(p.name for p in out.iterdir())
     with pytest.raises(KeyboardInterrupt):
         run_group(out)

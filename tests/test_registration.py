@@ -1,4 +1,4 @@
-"""The atlas guard's own registration (deepdefacer.registration, since stop 20): a Mattes mutual
+"""The atlas guard's own registration (deepdefacer.registration): a Mattes mutual
 information affine fit in numpy."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from scipy.spatial.transform import Rotation
 from deepdefacer import registration as reg
 from deepdefacer.atlas import SMOOTH_MM, load_atlas, register_brain
 from deepdefacer.conform import GridPlan, block_reduce, conform
-from deepdefacer.pipeline import image_data
+from deepdefacer.nifti import read_volume
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_T1W = REPO / "examples" / "ds-demo" / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_T1w.nii.gz"
@@ -41,7 +41,7 @@ def test_the_metrics_gradient_is_its_derivative():
     land well inside the atlas's grid: a point crossing its edge changes the count of points in
     the histogram, which the gradient leaves out (as ITK's does)."""
     img = nib.load(DEMO_T1W)
-    _, data = image_data(img)
+    data = read_volume(img).data
     reduced, affine = block_reduce(data, img.affine, 4.5)
     atlas = load_atlas()
     moving = reg.MovingImage(ndimage.gaussian_filter(atlas["head"], SMOOTH_MM / 3.0), atlas["affine"])

@@ -19,7 +19,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deepdefacer.io import atomic_output
+from deepdefacer.files import atomic_output
 
 # Version-control and annex internals are not part of the dataset to upload.
 SKIPPED_NAMES = {".git", ".datalad", ".gitattributes", ".gitmodules"}

@@ -24,7 +24,8 @@ from deepdefacer.bids.jobs import Job, MaskGroup
 from deepdefacer.bids.names import BidsName
 from deepdefacer.bids.select import Scan
 from deepdefacer.errors import InputError
-from deepdefacer.io import create_json_exclusive, create_text_exclusive, read_json, split_extension
+from deepdefacer.files import create_json_exclusive, create_text_exclusive, read_json, split_extension
+from deepdefacer.provenance import version
 from deepdefacer.qc.participant import RENDER_SUFFIX, SLICES_SUFFIX, VERDICT_SUFFIX
 
 LAYOUTS = ("derivatives", "bids")
@@ -32,16 +33,6 @@ SOFTWARE_NAME = "Deepdefacer"
 PROVENANCE_KEY = "Deepdefacer"
 BIDS_VERSION = "1.10.0"
 SOURCE_DATASET_KEY = "raw"  # bids:raw:<path> URIs resolve through DatasetLinks["raw"]
-
-
-def deepdefacer_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("deepdefacer")
-    except Exception:  # running from a source tree that was never installed
-        version_file = Path(__file__).resolve().parents[2] / "version"
-        return version_file.read_text().strip() if version_file.exists() else "unknown"
 
 
 def container_info() -> dict | None:
@@ -136,17 +127,6 @@ def source_uri(scan_relpath: str, layout: str) -> str:
         else f"bids::{scan_relpath}"
 
 
-def provenance_key(model_sha256: str, input_sha256: dict, mask_source: str,
-                   mask_source_sha256: str, decision: dict | None = None) -> dict:
-    """What must match for an output to count as done (same model, thresholds, inputs, and a
-    face check that passed: an output written unverified, or before the check existed, is redone)."""
-    key = {"ModelSHA256": model_sha256, "InputSHA256": input_sha256,
-           "MaskSource": mask_source, "MaskSourceSHA256": mask_source_sha256, "Verified": True}
-    if decision is not None:
-        key["Decision"] = decision
-    return key
-
-
 def image_sidecar(scan: Scan, mask_relpath: str, provenance: dict) -> dict:
     sidecar = {key: value for key, value in scan.metadata.items() if key != "Sources"}
     sidecar["Sources"] = [source_uri(scan.relpath, "derivatives"), f"bids::{mask_relpath}"]
@@ -177,7 +157,7 @@ PER_SCAN_KEYS = ("InputSHA256", "Verified")
 def is_up_to_date(planned, layout: str, expected_by_scan: dict, qc: bool = False) -> bool:
     """Whether every output of the job exists with matching provenance.
 
-    expected_by_scan: relpath -> provenance_key(...) for each scan of the job. With ``qc`` the
+    expected_by_scan: relpath -> ``provenance.up_to_date_key(...)`` for each scan of the job. With ``qc`` the
     QC figures and verdict must exist too (derivatives layout), so a job interrupted during QC
     is redone.
     """
@@ -211,7 +191,7 @@ def is_up_to_date(planned, layout: str, expected_by_scan: dict, qc: bool = False
 
 
 def derivative_description(source_description: dict, bids_dir) -> dict:
-    generated_by = {"Name": SOFTWARE_NAME, "Version": deepdefacer_version(),
+    generated_by = {"Name": SOFTWARE_NAME, "Version": version(),
                     "Description": "Faces removed from anatomical MRI with a 3D U-Net"}
     container = container_info()
     if container:

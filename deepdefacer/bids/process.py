@@ -1,4 +1,5 @@
-"""Deface the jobs of a run: load, predict the mask once, carry it to the job's scans, write.
+"""One job of a BIDS run: deface its reference scan, carry the mask to the job's other scans,
+check each, and write each group's outputs with the completion record last.
 
 A job either completes or leaves its outputs unchanged: every file is renamed into place, and the
 file that records completion is written last. Problems with one image are an InputError for that
@@ -7,47 +8,28 @@ image only; the run goes on with the next job.
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
-import multiprocessing
-import os
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
+from deepdefacer import nifti, parallel, provenance
+from deepdefacer.apply import mask_image, write_defaced
 from deepdefacer.bids import outputs
 from deepdefacer.bids.jobs import Job
-from deepdefacer.errors import InputError
-from deepdefacer.io import (load_image, mask_image_like, remove_stale_temporaries, sha256_file,
-                            split_extension, write_image, write_in_source_encoding, write_json)
-from deepdefacer.mask_transfer import apply_mask, resample_mask
-from deepdefacer.model import ModelIdentity, model_identity
-from deepdefacer.conform import background_intensity
+from deepdefacer.config import Settings
+from deepdefacer.errors import InputError, ModelLoadError
+from deepdefacer.files import remove_stale_temporaries, sha256_file, split_extension, write_json
+from deepdefacer.mask_transfer import resample_mask
+from deepdefacer.pipeline import Defaced, apply_face_mask, load_defacer
 from deepdefacer.qc.verify import Verification, verify_defacing
 
 log = logging.getLogger("deepdefacer")
 
 DEFACED, SKIPPED, FAILED = "defaced", "skipped", "failed"
-
-
-class ModelLoadError(RuntimeError):
-    """The model could not be loaded: nothing can be defaced, the run stops."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    output_dir: str
-    layout: str = "derivatives"
-    overwrite: bool = False
-    device: str = "auto"
-    atlas_guard: bool = True  # also guard an average brain registered to each scan (--no-atlas-guard: off)
-    command_line: str = ""
-    qc: bool = True  # per-scan QC figures and verdict (derivatives layout)
-    allow_unverified: bool = False  # write a scan whose face check fails (still a failed scan)
 
 
 @dataclass
@@ -66,208 +48,173 @@ class JobResult:
     scans: list = field(default_factory=list)
 
 
-# ---------------------------------------------------------------------------------------------
-# The model, loaded once per process
+@dataclass
+class _Job:
+    """What every step of one job shares."""
 
-_defacers: dict = {}
-
-
-_identities: dict = {}
-
-
-def get_model_identity(atlas_guard: bool = True):
-    """The model's sha256 and decision record, read once per process without TensorFlow."""
-    if atlas_guard not in _identities:
-        try:
-            _identities[atlas_guard] = model_identity(atlas_guard)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot read the Deepdefacer model or its card: {exc}") from exc
-    return _identities[atlas_guard]
+    job: Job
+    settings: Settings
+    start: float
+    input_sha256: dict
+    mask_source: str
+    defacer: object = None
+    reference: Defaced | None = None
 
 
-def get_defacer(device: str, atlas_guard: bool = True):
-    key = (device, atlas_guard)
-    if key not in _defacers:
-        if atlas_guard:
-            from deepdefacer.atlas import load_atlas
+@dataclass
+class _Checked:
+    """A scan defaced and checked, its image written, waiting for its mask, QC and sidecars."""
 
-            try:
-                load_atlas()
-            except OSError as exc:
-                raise ModelLoadError(f"the atlas guard cannot read its atlas: {exc} "
-                                     "(or --no-atlas-guard: the network's brain guard alone)") from exc
-        try:
-            from deepdefacer.model import load_defacer
-
-            defacer = load_defacer(device=device)
-        except Exception as exc:
-            raise ModelLoadError(f"cannot load the Deepdefacer model on device '{device}': "
-                                 f"{type(exc).__name__}: {exc}") from exc
-        defacer.atlas_guard = atlas_guard
-        _defacers[key] = defacer
-    return _defacers[key]
-
-
-# ---------------------------------------------------------------------------------------------
-# One job
+    output: outputs.ScanOutput
+    defaced: Defaced
+    verification: Verification
 
 
 def process_job(job: Job, settings: Settings, defacer=None) -> JobResult:
     """Deface every scan of job; never raises for problems with the input."""
-    start = time.monotonic()
     result = JobResult(job.label)
     planned = outputs.plan_outputs(job, settings.output_dir, settings.layout)
     for path in outputs.all_paths(planned):
         remove_stale_temporaries(path)
-    reference = job.reference
+    run = _Job(job, settings, time.monotonic(), {}, outputs.source_uri(job.reference.relpath,
+                                                                        settings.layout), defacer)
     try:
-        reference_img = load_image(reference.path)
-        input_sha256 = {}
-        for scan in job.scans:
-            try:
-                input_sha256[scan.relpath] = sha256_file(scan.path)
-            except OSError:
-                pass  # reported when the scan itself is loaded
-        identity = get_model_identity(settings.atlas_guard) if defacer is None else \
-            ModelIdentity(defacer.model_name, defacer.model_sha256, defacer.decision)
-        mask_source = outputs.source_uri(reference.relpath, settings.layout)
-        expected = {scan.relpath: outputs.provenance_key(
-            identity.sha256, input_sha256.get(scan.relpath), mask_source,
-            input_sha256[reference.relpath], identity.decision) for scan in job.scans}
-        if not settings.overwrite and outputs.is_up_to_date(planned, settings.layout, expected,
-                                                            qc=settings.qc):
+        reference = nifti.load_volume(job.reference.path)
+        run.input_sha256 = _input_checksums(job)
+        if not settings.overwrite and _up_to_date(run, planned):
             result.scans = [ScanResult(scan.relpath, SKIPPED, "up to date") for scan in job.scans]
             return result
         # Only now that a scan needs work: TensorFlow and the model take seconds to load.
-        defacer = defacer or get_defacer(settings.device, settings.atlas_guard)
-        reference_defaced, reference_mask_img, details = defacer.deface_with_details(reference_img)
+        run.defacer = run.defacer or load_defacer(settings.device, settings.atlas_guard)
+        run.reference = run.defacer.deface_volume(reference)
     except ModelLoadError:
         raise
     except Exception as exc:  # InputError or an unexpected failure: the whole job fails
-        failure = _failure(exc)
-        result.scans = [ScanResult(scan.relpath, FAILED,
-                                   failure.message if scan is reference else
-                                   f"mask source {reference.relpath} failed: {failure.message}",
-                                   details=failure.details) for scan in job.scans]
-        for group_output in planned:
-            for scan_output in group_output.scans:
-                _drop_orphan_sidecar(scan_output)
-        return result
-
-    reference_mask = _array(reference_mask_img)
-
-    def provenance_for(relpath_sha256, verified, seconds):
-        return {
-            "Version": outputs.deepdefacer_version(),
-            "Model": defacer.model_name,
-            "ModelSHA256": defacer.model_sha256,
-            "Decision": defacer.decision,
-            **details,
-            "InputSHA256": relpath_sha256,
-            "MaskSource": mask_source,
-            "MaskSourceSHA256": input_sha256[reference.relpath],
-            "Verified": verified,
-            "Device": str(defacer.device),
-            "Seconds": round(seconds, 2),
-            "CommandLine": settings.command_line,
-            "Date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-
+        return _job_failed(job, planned, exc)
     for group_output in planned:
-        # Each scan's face check runs before its image is written; a scan that fails it is not
-        # written (fail closed) unless --allow-unverified asks for it.
-        done = []
-        for scan_output in group_output.scans:
-            scan = scan_output.scan
-            try:
-                img, mask, defaced_img = _defaced_scan(scan, reference, reference_img,
-                                                       reference_mask, reference_defaced)
-                verification = verify_defacing(img, defaced_img, mask)
-                if not verification.verified:
-                    written = settings.allow_unverified
-                    result.scans.append(ScanResult(
-                        scan.relpath, FAILED, verification.reason + (
-                            "; written anyway (--allow-unverified)" if written else
-                            "; not written (--allow-unverified writes it for inspection)")))
-                    if not written:
-                        _remove_earlier_outputs(scan_output)
-                        continue
-                write_in_source_encoding(scan.path, _array(defaced_img, scaled=True), mask,
-                                         scan_output.image)
-                done.append(_Done(scan_output, img, mask, verification))
-            except Exception as exc:
-                failure = _failure(exc)
-                result.scans.append(ScanResult(scan.relpath, FAILED, failure.message,
-                                               details=failure.details))
-                _drop_orphan_sidecar(scan_output)
-        if not done:
-            continue
-        # The file that records completion is written last: the image sidecar (derivatives) or
-        # the mask sidecar (bids), after the image, the mask and the QC; an interrupted job is redone.
-        flags = atlas_flags(details)
-        try:
-            # The mask file lies on the grid of the group's reference (its first magnitude image).
-            group = group_output.group
-            grid = next((entry for entry in done if entry.output.scan == group.reference), done[0])
-            write_image(mask_image_like(grid.mask, grid.img), group_output.mask)
-            qc_flags = {}
-            for entry in done:
-                qc_flags[entry.output.scan.relpath] = run_qc(entry, settings, flags) \
-                    if settings.qc else list(flags)
-            seconds = time.monotonic() - start
-            mask_provenance = provenance_for(
-                {entry.output.scan.relpath: input_sha256.get(entry.output.scan.relpath)
-                 for entry in done}, {entry.output.scan.relpath: entry.verification.verified
-                                      for entry in done}, seconds)
-            write_json(outputs.mask_sidecar(group, reference, settings.layout, mask_provenance),
-                       group_output.mask_sidecar)
-            if settings.layout == "derivatives":
-                mask_relpath = Path(group_output.mask).relative_to(settings.output_dir).as_posix()
-                for entry in done:
-                    provenance = provenance_for(input_sha256.get(entry.output.scan.relpath),
-                                                entry.verification.verified, seconds)
-                    provenance["Verification"] = entry.verification.to_dict()
-                    write_json(outputs.image_sidecar(entry.output.scan, mask_relpath, provenance),
-                               entry.output.sidecar)
-        except Exception as exc:
-            failure = _failure(exc)
-            result.scans += [ScanResult(entry.output.scan.relpath, FAILED, failure.message,
-                                        details=failure.details)
-                             for entry in done if entry.verification.verified]
-            continue
-        for entry in done:
-            if not entry.verification.verified:
-                continue  # reported above
-            scan = entry.output.scan
-            result.scans.append(ScanResult(
-                scan.relpath, DEFACED,
-                f"{100.0 * float(np.mean(entry.mask)):.1f}% of voxels removed, no face left"
-                + ("" if scan == reference else f" (mask of {reference.relpath})"),
-                seconds=time.monotonic() - start, qc_flags=qc_flags[scan.relpath]))
+        checked = [entry for entry in (_deface_and_check(run, scan_output, result)
+                                       for scan_output in group_output.scans) if entry]
+        if checked:
+            _finish_group(run, group_output, checked, result)
     return result
 
 
-@dataclass
-class _Done:
-    """A scan whose defaced image is written, waiting for its mask, QC and sidecars."""
+def _input_checksums(job: Job) -> dict:
+    checksums = {}
+    for scan in job.scans:
+        try:
+            checksums[scan.relpath] = sha256_file(scan.path)
+        except OSError:
+            pass  # reported when the scan itself is loaded
+    return checksums
 
-    output: outputs.ScanOutput
-    img: object
-    mask: object
-    verification: Verification
+
+def _up_to_date(run: _Job, planned) -> bool:
+    identity = provenance.method_identity(run.settings.atlas_guard) if run.defacer is None \
+        else provenance.identity_of(run.defacer)
+    mask_source_sha256 = run.input_sha256[run.job.reference.relpath]
+    expected = {scan.relpath: provenance.up_to_date_key(
+        identity, run.input_sha256.get(scan.relpath), run.mask_source, mask_source_sha256)
+        for scan in run.job.scans}
+    return outputs.is_up_to_date(planned, run.settings.layout, expected, qc=run.settings.qc)
 
 
-def _defaced_scan(scan, reference, reference_img, reference_mask, reference_defaced):
-    """(image, mask, defaced image) of one scan of a job: the reference's own, or the
-    reference's mask carried onto the scan's grid."""
-    if scan == reference:
-        return reference_img, reference_mask, reference_defaced
-    img = load_image(scan.path)
-    mask = resample_mask(reference_mask, reference_img.affine, img.shape, img.affine)
-    data = img.get_fdata()
-    defaced = nib.Nifti1Image(apply_mask(data, mask, background_intensity(data)), img.affine,
-                              img.header)
-    return img, mask, defaced
+def _job_failed(job: Job, planned, exc: BaseException) -> JobResult:
+    """Every scan of the job failed with the reference: its mask could not be made."""
+    failure = _failure(exc)
+    result = JobResult(job.label, [
+        ScanResult(scan.relpath, FAILED, failure.message if scan is job.reference else
+                   f"mask source {job.reference.relpath} failed: {failure.message}",
+                   details=failure.details) for scan in job.scans])
+    for group_output in planned:
+        for scan_output in group_output.scans:
+            _drop_orphan_sidecar(scan_output)
+    return result
+
+
+def _deface_and_check(run: _Job, scan_output, result: JobResult) -> _Checked | None:
+    """Deface one scan of the job (the reference's own result, or its mask carried onto the scan's
+    grid), run its face check, and write its image only when it passes (fail closed), unless
+    --allow-unverified asks for it. Returns the entry that waits for the group's mask and QC."""
+    scan = scan_output.scan
+    try:
+        if scan == run.job.reference:
+            defaced = run.reference
+        else:
+            volume = nifti.load_volume(scan.path)
+            reference = run.reference
+            defaced = apply_face_mask(volume, resample_mask(
+                reference.mask, reference.volume.affine, volume.img.shape, volume.affine))
+        verification = verify_defacing(defaced.volume.img, defaced.image, defaced.mask)
+        if not verification.verified:
+            written = run.settings.allow_unverified
+            result.scans.append(ScanResult(scan.relpath, FAILED, verification.reason + (
+                "; written anyway (--allow-unverified)" if written else
+                "; not written (--allow-unverified writes it for inspection)")))
+            if not written:
+                _remove_earlier_outputs(scan_output)
+                return None
+        write_defaced(defaced.volume, defaced.raw, scan_output.image)
+        return _Checked(scan_output, defaced, verification)
+    except Exception as exc:
+        failure = _failure(exc)
+        result.scans.append(ScanResult(scan.relpath, FAILED, failure.message,
+                                       details=failure.details))
+        _drop_orphan_sidecar(scan_output)
+        return None
+
+
+def _finish_group(run: _Job, group_output, checked: list, result: JobResult) -> None:
+    """The group's mask, each scan's QC, then the sidecars: the file that records completion (the
+    image sidecar in derivatives, the mask sidecar in bids) is written last, so an interrupted
+    job is redone."""
+    from deepdefacer.qc.participant import defacing_flags
+
+    settings, reference = run.settings, run.job.reference
+    details = run.reference.details
+    flags = defacing_flags(details)
+    try:
+        # The mask file lies on the grid of the group's reference (its first magnitude image).
+        grid = next((entry for entry in checked if entry.output.scan == group_output.group.reference),
+                    checked[0])
+        nifti.write_image(grid.defaced.mask_image, group_output.mask)
+        qc_flags = {entry.output.scan.relpath: run_qc(entry, settings, flags) if settings.qc
+                    else list(flags) for entry in checked}
+        seconds = time.monotonic() - run.start
+
+        def record(input_sha256, verified):
+            return provenance.record(run.defacer, details, input_sha256, run.mask_source,
+                                     run.input_sha256[reference.relpath], verified, seconds,
+                                     settings.command_line)
+
+        write_json(outputs.mask_sidecar(group_output.group, reference, settings.layout, record(
+            {entry.output.scan.relpath: run.input_sha256.get(entry.output.scan.relpath)
+             for entry in checked},
+            {entry.output.scan.relpath: entry.verification.verified for entry in checked})),
+            group_output.mask_sidecar)
+        if settings.layout == "derivatives":
+            mask_relpath = Path(group_output.mask).relative_to(settings.output_dir).as_posix()
+            for entry in checked:
+                scan_record = record(run.input_sha256.get(entry.output.scan.relpath),
+                                     entry.verification.verified)
+                scan_record["Verification"] = entry.verification.to_dict()
+                write_json(outputs.image_sidecar(entry.output.scan, mask_relpath, scan_record),
+                           entry.output.sidecar)
+    except Exception as exc:
+        failure = _failure(exc)
+        result.scans += [ScanResult(entry.output.scan.relpath, FAILED, failure.message,
+                                    details=failure.details)
+                         for entry in checked if entry.verification.verified]
+        return
+    for entry in checked:
+        if not entry.verification.verified:
+            continue  # reported when it was checked
+        scan = entry.output.scan
+        result.scans.append(ScanResult(
+            scan.relpath, DEFACED,
+            f"{100.0 * float(np.mean(entry.defaced.mask)):.1f}% of voxels removed, no face left"
+            + ("" if scan == reference else f" (mask of {reference.relpath})"),
+            seconds=time.monotonic() - run.start, qc_flags=qc_flags[scan.relpath]))
 
 
 def _remove_earlier_outputs(scan_output) -> None:
@@ -297,25 +244,7 @@ def _copied_sidecar(scan_output):
     return scan_output.image.with_name(split_extension(scan_output.image)[0] + ".json")
 
 
-def atlas_flags(details: dict) -> list:
-    """Flags for a scan whose atlas guard was asked for but not used (its brain is then
-    guarded by the network alone, the path that lost brain on 3 of 48 scans), and for a scan
-    whose header's voxel sizes are implausible (its size was estimated: worth a look)."""
-    flags = []
-    header = details.get("HeaderVoxelSizes")
-    if header:
-        stored = " x ".join(f"{z:g}" for z in header["Stored"])
-        fitted = (" and the atlas fit (" + " x ".join(f"{z:g}" for z in header["AtlasFit"]) + " mm)"
-                  if header["AtlasFitUsed"] else f"; atlas fit not used: {header['Reason']}")
-        flags.append(f"implausible voxel sizes in the header ({stored} mm): defaced under the "
-                     f"head-size rule ({' x '.join(f'{z:g}' for z in header['HeadSizeRule'])} mm){fitted}")
-    guard = details.get("AtlasGuard")
-    if guard and not guard["Used"]:
-        flags.append(f"atlas guard not used ({guard['Reason']}): only the network's brain guard applied")
-    return flags
-
-
-def run_qc(entry, settings: Settings, extra_flags=()) -> list:
+def run_qc(entry: _Checked, settings: Settings, extra_flags=()) -> list:
     """QC figures and verdict of one defaced scan (deepdefacer.qc), in sub-<label>/figures/.
 
     Only for the derivatives layout: an upload-ready copy must hold nothing but the dataset.
@@ -327,8 +256,8 @@ def run_qc(entry, settings: Settings, extra_flags=()) -> list:
         return list(extra_flags)
     from deepdefacer.qc.participant import qc_scan
 
-    scan = entry.output.scan
-    verdict = qc_scan(entry.img, nib.load(entry.output.image), mask_image_like(entry.mask, entry.img),
+    scan, defaced = entry.output.scan, entry.defaced
+    verdict = qc_scan(defaced.volume.img, defaced.image, defaced.mask_image,
                       Path(settings.output_dir) / scan.relpath.split("/")[0],
                       stem=split_extension(scan.path)[0], source=scan.relpath,
                       extra_flags=extra_flags, verification=entry.verification)
@@ -347,78 +276,14 @@ def _failure(exc: BaseException) -> _Failure:
     return _Failure(f"unexpected error: {type(exc).__name__}: {exc}", traceback.format_exc())
 
 
-def _array(img, scaled: bool = False):
-    return img.get_fdata() if scaled else np.asarray(img.dataobj)
-
-
-# ---------------------------------------------------------------------------------------------
-# All jobs, one process or a pool
-
-
 def run_jobs(jobs, settings: Settings, n_procs: int = 1, on_result=None, defacer=None):
-    """Run jobs, calling on_result(JobResult) as each finishes; returns the list of results.
+    """Run jobs (``n_procs`` > 1: in that many worker processes), calling on_result(JobResult) as
+    each finishes; returns the list of results."""
+    def worker_failed(job, exc):
+        return JobResult(job.label, [ScanResult(scan.relpath, FAILED,
+                                                f"worker process failed: {exc!r}")
+                                     for scan in job.scans])
 
-    n_procs > 1: that many worker processes, each with its own copy of the model and an equal
-    share of the CPU threads (TensorFlow reads its thread counts when it starts).
-    """
-    results = []
-    if n_procs <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            job_result = process_job(job, settings, defacer=defacer)
-            results.append(job_result)
-            if on_result:
-                on_result(job_result)
-        return results
-
-    threads = max(1, usable_cpus() // n_procs)
-    context = multiprocessing.get_context("spawn")  # TensorFlow is not fork-safe
-    with concurrent.futures.ProcessPoolExecutor(
-            max_workers=n_procs, mp_context=context, initializer=_init_worker,
-            initargs=(threads,)) as pool:
-        futures = {pool.submit(process_job, job, settings): job for job in jobs}
-        try:
-            for future in concurrent.futures.as_completed(futures):
-                job = futures[future]
-                try:
-                    job_result = future.result()
-                except ModelLoadError:
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
-                except Exception as exc:  # a worker died (out of memory, killed)
-                    job_result = JobResult(job.label, [
-                        ScanResult(scan.relpath, FAILED, f"worker process failed: {exc!r}")
-                        for scan in job.scans])
-                results.append(job_result)
-                if on_result:
-                    on_result(job_result)
-        except BaseException:
-            # Stopped (Ctrl-C, SIGTERM from SLURM or `docker stop`): the queue is dropped and the
-            # workers are stopped now, not after their current scans (10-13 s, past docker's
-            # 10 s grace). Their outputs are renamed into place or not at all, and the next run
-            # removes their hidden temporaries and redoes their jobs.
-            workers = list((pool._processes or {}).values())  # no public way to stop them
-            pool.shutdown(wait=False, cancel_futures=True)
-            for worker in workers:
-                worker.terminate()
-            raise
-    return results
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on: its affinity (a SLURM task's or a container's cgroup
-    allocation, not the whole node) and SLURM_CPUS_PER_TASK where set, whichever is fewer."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        count = os.cpu_count() or 1
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    return max(1, min(count, int(slurm)) if slurm.isdigit() and int(slurm) > 0 else count)
-
-
-def _init_worker(threads: int) -> None:
-    # TensorFlow's and OpenMP's threads per worker (the atlas guard's registration is numpy since
-    # stop 20: no ITK threads to set).
-    for variable in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
-        os.environ[variable] = str(threads)
-    os.environ["TF_NUM_INTEROP_THREADS"] = "1"
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    keywords = {"defacer": defacer} if defacer is not None else {}
+    return parallel.run_all(process_job, jobs, settings, n_procs, on_result, worker_failed,
+                            **keywords)

@@ -33,7 +33,7 @@ def find_anatomical_scans(bids_dir: Path) -> list[Path]:
 
 def check_scan(path: Path) -> dict:
     from deepdefacer.errors import InputError
-    from deepdefacer.io import load_image
+    from deepdefacer.nifti import load_image
     from deepdefacer.qc.facecheck import check_image
 
     try:

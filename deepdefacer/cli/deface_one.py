@@ -16,7 +16,7 @@ from deepdefacer.errors import InputError
 
 
 def default_output(path: Path) -> Path:
-    from deepdefacer.io import split_extension
+    from deepdefacer.files import split_extension
 
     stem, _ = split_extension(path)
     return path.with_name(f"{stem}_defaced.nii.gz")
@@ -24,7 +24,7 @@ def default_output(path: Path) -> Path:
 
 def output_problems(path: Path) -> list[str]:
     """Why path cannot be written as an image; a mistyped folder must not be created silently."""
-    from deepdefacer.io import NIFTI_EXTENSIONS
+    from deepdefacer.nifti import NIFTI_EXTENSIONS
 
     problems = []
     if not path.name.endswith(NIFTI_EXTENSIONS):
@@ -35,7 +35,7 @@ def output_problems(path: Path) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from deepdefacer.bids.outputs import deepdefacer_version
+    from deepdefacer.provenance import version
 
     parser = argparse.ArgumentParser(
         prog="deepdeface", allow_abbrev=False,
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replace existing output files")
     parser.add_argument("--verbose", action="store_true", help="tracebacks of unexpected errors")
     parser.add_argument("-v", "--version", action="version",
-                        version=f"Deepdefacer {deepdefacer_version()}")
+                        version=f"Deepdefacer {version()}")
     return parser
 
 
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
         print("deepdeface: interrupted; no partial file was left", file=sys.stderr)
         return 130
     except Exception as exc:
-        from deepdefacer.bids.process import ModelLoadError
+        from deepdefacer.errors import ModelLoadError
 
         if isinstance(exc, ModelLoadError):  # e.g. an unreadable model or atlas
             print(f"deepdeface: {exc}", file=sys.stderr)
@@ -120,43 +120,36 @@ def deface_files(input_path: Path, output: Path, mask_out, others, device: str,
                  atlas_guard: bool = True, allow_unverified: bool = False) -> int:
     """Deface input_path, then every (other, output) pair with the same mask; each image is
     written only once its face check has passed (or with ``allow_unverified``)."""
-    import nibabel as nib
-
-    from deepdefacer.bids.process import get_defacer
-    from deepdefacer.io import (load_image, mask_image_like, write_image,
-                                write_in_source_encoding)
-    from deepdefacer.mask_transfer import apply_mask, resample_mask
-    from deepdefacer.conform import background_intensity
+    from deepdefacer.apply import write_defaced
+    from deepdefacer.mask_transfer import resample_mask
+    from deepdefacer.nifti import load_volume, write_image
+    from deepdefacer.pipeline import apply_face_mask, load_defacer
 
     start = time.monotonic()
-    img = load_image(input_path)
-    defaced, mask_img = get_defacer(device, atlas_guard).deface(img)
-    mask = (mask_img.get_fdata() > 0).astype("uint8")
+    reference = load_defacer(device, atlas_guard).deface_volume(load_volume(input_path))
     status = EXIT_OK
-    if _checked(input_path, img, defaced, mask, allow_unverified):
-        write_in_source_encoding(input_path, defaced.get_fdata(), mask, output)
-        print(f"{output}: {100.0 * mask.mean():.1f}% of voxels removed, no face left "
+    if _checked(input_path, reference, allow_unverified):
+        write_defaced(reference.volume, reference.raw, output)
+        print(f"{output}: {100.0 * reference.mask.mean():.1f}% of voxels removed, no face left "
               f"({time.monotonic() - start:.1f} s)")
     else:
         status = EXIT_SCANS_FAILED
         if allow_unverified:
-            write_in_source_encoding(input_path, defaced.get_fdata(), mask, output)
+            write_defaced(reference.volume, reference.raw, output)
     if mask_out:
-        write_image(mask_image_like(mask, img), mask_out)
+        write_image(reference.mask_image, mask_out)
     for other_path, other_output in others:
         try:
-            other = load_image(other_path)
-            other_mask = resample_mask(mask, img.affine, other.shape, other.affine)
-            other_data = other.get_fdata()
-            other_defaced = apply_mask(other_data, other_mask, background_intensity(other_data))
-            verified = _checked(other_path, other, nib.Nifti1Image(other_defaced, other.affine),
-                                other_mask, allow_unverified)
+            volume = load_volume(other_path)
+            other = apply_face_mask(volume, resample_mask(
+                reference.mask, reference.volume.affine, volume.img.shape, volume.affine))
+            verified = _checked(other_path, other, allow_unverified)
             if verified or allow_unverified:
-                write_in_source_encoding(other_path, other_defaced, other_mask, other_output)
+                write_defaced(other.volume, other.raw, other_output)
             if not verified:
                 status = EXIT_SCANS_FAILED
                 continue
-            print(f"{other_output}: {100.0 * other_mask.mean():.1f}% of voxels removed, no face "
+            print(f"{other_output}: {100.0 * other.mask.mean():.1f}% of voxels removed, no face "
                   f"left (mask of {input_path.name})")
         except InputError as exc:
             print(f"deepdeface: {exc}", file=sys.stderr)
@@ -164,11 +157,11 @@ def deface_files(input_path: Path, output: Path, mask_out, others, device: str,
     return status
 
 
-def _checked(path: Path, img, defaced, mask, allow_unverified: bool) -> bool:
-    """The face check of one defaced image (deepdefacer.qc.verify); says why it failed."""
+def _checked(path: Path, defaced, allow_unverified: bool) -> bool:
+    """The face check of one defaced scan (deepdefacer.qc.verify); says why it failed."""
     from deepdefacer.qc.verify import verify_defacing
 
-    verification = verify_defacing(img, defaced, mask)
+    verification = verify_defacing(defaced.volume.img, defaced.image, defaced.mask)
     if not verification.verified:
         print(f"deepdeface: {path}: {verification.reason}; "
               + ("written anyway (--allow-unverified)" if allow_unverified else

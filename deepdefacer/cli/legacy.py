@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def default_output(input_path: Path) -> Path:
     """2.x's default: the input's name without .nii/.nii.gz, plus _defaced.nii.gz, here."""
-    from deepdefacer.io import split_extension
+    from deepdefacer.files import split_extension
 
     stem, _ = split_extension(input_path)
     return Path.cwd() / f"{stem}_defaced.nii.gz"

@@ -10,7 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-from deepdefacer.bids.outputs import LAYOUTS, deepdefacer_version
+from deepdefacer.bids.outputs import LAYOUTS
+from deepdefacer.provenance import version
 from deepdefacer.bids.select import ANATOMICAL_SUFFIXES, DEFAULT_SUFFIXES, check_bids_filters
 
 EXIT_OK, EXIT_SCANS_FAILED, EXIT_USAGE, EXIT_INVALID_DATASET = 0, 1, 2, 3
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="participant: deface scans; group: quality-control report of "
                              "the selected scans' outputs")
     parser.add_argument("-v", "--version", action="version",
-                        version=f"Deepdefacer {deepdefacer_version()}")
+                        version=f"Deepdefacer {version()}")
 
     selection = parser.add_argument_group("what to deface")
     selection.add_argument("--participant-label", "--participant_label", nargs="+",

@@ -22,7 +22,9 @@ from pathlib import Path
 
 from deepdefacer.cli.parser import (EXIT_INVALID_DATASET, EXIT_OK, EXIT_QC_FLAGGED,
                                     EXIT_SCANS_FAILED, EXIT_USAGE, build_parser)
-from deepdefacer.errors import InputError
+from deepdefacer.config import Settings
+from deepdefacer.errors import InputError, ModelLoadError
+from deepdefacer.provenance import version
 
 log = logging.getLogger("deepdefacer")
 
@@ -102,7 +104,7 @@ def run_participant_level(args, command_line: str) -> int:
         log.error("%s: cannot create the output folder (%s)", args.output_dir, exc)
         return EXIT_USAGE
     log.info("Deepdefacer %s: %d anatomical image(s) in %d job(s) from %s",
-             outputs.deepdefacer_version(), len(scans), len(planned_jobs), args.bids_dir)
+             version(), len(scans), len(planned_jobs), args.bids_dir)
 
     copy_failures = []
     if args.layout == "bids":
@@ -126,11 +128,7 @@ def run_participant_level(args, command_line: str) -> int:
                       "copy (select its suffix, or --copy-undefaced-anat copies it with its face)")
             for relpath in report.not_defaced]
 
-    settings = process.Settings(output_dir=str(args.output_dir), layout=args.layout,
-                                overwrite=args.overwrite, device=args.device,
-                                atlas_guard=args.atlas_guard,
-                                command_line=command_line, qc=not args.skip_qc,
-                                allow_unverified=args.allow_unverified)
+    settings = Settings.from_args(args, command_line)
     results = []
     with progress_bar(len(scans), args) as bar:
         def on_result(job_result):
@@ -141,7 +139,7 @@ def run_participant_level(args, command_line: str) -> int:
 
         try:
             process.run_jobs(planned_jobs, settings, n_procs=args.n_procs, on_result=on_result)
-        except process.ModelLoadError as exc:
+        except ModelLoadError as exc:
             log.error(str(exc))
             if args.verbose:
                 log.exception("details")
@@ -160,7 +158,7 @@ def validate_input(args, validate) -> int:
                   "without it", exc)
         return EXIT_INVALID_DATASET
     if args.work_dir:
-        from deepdefacer.io import write_json
+        from deepdefacer.files import write_json
 
         write_json({"errors": result.errors, "warnings": result.warnings},
                    args.work_dir / "bids-validator.json")

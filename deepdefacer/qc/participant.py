@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepdefacer.io import write_json
+from deepdefacer.files import write_json
 from deepdefacer.qc import render
 from deepdefacer.qc.facecheck import FaceEvidence, face_evidence
 from deepdefacer.qc.maskcheck import check_mask
@@ -159,3 +159,21 @@ def _slices_figure(original, removed, face_before) -> np.ndarray:
         centre[1], centre[2] = int(removed_centre[1]), int(removed_centre[2])
     panels = render.slices_with_mask(original, removed, centre)
     return render.upscale(render.montage(panels), _pixels_per_voxel(original.intensity.shape))
+
+
+def defacing_flags(details: dict) -> list:
+    """Flags for a scan whose atlas guard was asked for but not used (its brain is then guarded
+    by the network alone, the path that lost brain on 3 of the 48 validation scans), and for a
+    scan whose header's voxel sizes are implausible (its size was estimated: worth a look)."""
+    flags = []
+    header = details.get("HeaderVoxelSizes")
+    if header:
+        stored = " x ".join(f"{z:g}" for z in header["Stored"])
+        fitted = (" and the atlas fit (" + " x ".join(f"{z:g}" for z in header["AtlasFit"]) + " mm)"
+                  if header["AtlasFitUsed"] else f"; atlas fit not used: {header['Reason']}")
+        flags.append(f"implausible voxel sizes in the header ({stored} mm): defaced under the "
+                     f"head-size rule ({' x '.join(f'{z:g}' for z in header['HeadSizeRule'])} mm){fitted}")
+    guard = details.get("AtlasGuard")
+    if guard and not guard["Used"]:
+        flags.append(f"atlas guard not used ({guard['Reason']}): only the network's brain guard applied")
+    return flags

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepdefacer.io import atomic_output, remove_stale_temporaries
+from deepdefacer.files import atomic_output, remove_stale_temporaries
 from deepdefacer.qc.volume import RasVolume, resample_isotropic
 
 # Each view: the RAS axis the rays travel along, whether the viewer sits at the
@@ -150,7 +150,7 @@ def upscale(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def write_png(path: Path | str, image: np.ndarray) -> Path:
-    """Write a uint8 grey or RGB array as PNG (zlib only), atomically (deepdefacer.io)."""
+    """Write a uint8 grey or RGB array as PNG (zlib only), atomically (deepdefacer.files)."""
     image = np.ascontiguousarray(image, dtype=np.uint8)
     if image.ndim == 2:
         colour_type, rows = 0, image

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from deepdefacer.io import atomic_output, split_extension
+from deepdefacer.files import atomic_output, split_extension
 from deepdefacer.qc.participant import VERDICT_SUFFIX
 
 REPORT_NAME = "qc_report.html"

@@ -13,6 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from deepdefacer.conform import background_intensity
+from deepdefacer.regions import largest_component
 
 
 @dataclass
@@ -119,15 +120,10 @@ def head_threshold(intensity: np.ndarray) -> float:
 
 
 def head_mask(intensity: np.ndarray, threshold: float, voxel_mm: float) -> np.ndarray:
-    """The head as one solid object: above threshold, largest component, holes filled."""
+    """The head as one object: above threshold, opened, its largest connected region."""
     mask = intensity > threshold
     # Opening removes speckle noise and thin ghosting outside the head.
-    mask = ndimage.binary_opening(mask, iterations=1)
-    labels, count = ndimage.label(mask)
-    if count > 1:
-        sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
-        mask = labels == (int(np.argmax(sizes)) + 1)
-    return mask
+    return largest_component(ndimage.binary_opening(mask, iterations=1))
 
 
 def ras_volume(img, voxel_mm: float | None = None, threshold: float | None = None) -> RasVolume:

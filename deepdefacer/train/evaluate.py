@@ -175,14 +175,13 @@ def summarise(rows: list[dict]) -> dict:
 
 def write_card(defacer, rows: list[dict], consistency: dict, command: str) -> None:
     """Record the decision parameters and the metrics in the model's card (its .json)."""
-    card_path = defacer.path.with_suffix(".json")
+    predictor, t = defacer.predictor, defacer.predictor.thresholds
+    card_path = predictor.path.with_suffix(".json")
     card = json.loads(card_path.read_text())
-    card["thresholds"] = {"face": defacer.face_threshold, "brain": defacer.brain_threshold,
-                          "brain_margin_mm": defacer.brain_margin_mm,
-                          "face_dilate_mm": defacer.face_dilate_mm,
-                          "growth_margin_mm": defacer.growth_margin_mm,
-                          "edge_mm": defacer.edge_mm}
-    card["inference"] = {**card.get("inference", {}), "mirror_average": defacer.mirror_average}
+    card["thresholds"] = {"face": t.face, "brain": t.brain, "brain_margin_mm": t.brain_margin_mm,
+                          "face_dilate_mm": t.face_dilate_mm, "growth_margin_mm": t.growth_margin_mm,
+                          "edge_mm": t.edge_mm}
+    card["inference"] = {**card.get("inference", {}), "mirror_average": predictor.mirror_average}
     keep = ("head", "face_removed", "brain_removed_voxels", "brain_removed_voxels_affine",
             "brain_reference", "dice", *LANDMARK_NAMES, "seconds")
     card["metrics"] = {
@@ -209,7 +208,10 @@ def scoring_parser(description: str) -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from deepdefacer.model import load_defacer
+    import dataclasses
+
+    from deepdefacer.pipeline import Defacer
+    from deepdefacer.predictor import load_predictor
 
     parser = scoring_parser(__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", metavar="NAME",
@@ -234,14 +236,17 @@ def main(argv=None) -> int:
     missing = sorted(set(args.only or ()) - {label_name(p) for name in args.sets for p in parts[name]})
     if missing:
         parser.error(f"--only: not in --sets {' '.join(args.sets)}: {' '.join(missing)}")
-    defacer = load_defacer("cpu", args.model)
-    for name in ("face_threshold", "brain_margin_mm", "face_dilate_mm", "brain_threshold",
-                 "growth_margin_mm", "edge_mm", "mirror_average"):
-        if getattr(args, name) is not None:
-            setattr(defacer, name, getattr(args, name))
     if args.atlas_guard and args.write_card:
         parser.error("--write-card records the model's own decision: use it with --no-atlas-guard")
-    defacer.atlas_guard = args.atlas_guard
+    predictor = load_predictor("cpu", args.model)
+    overrides = {field: getattr(args, option) for option, field in (
+        ("face_threshold", "face"), ("brain_threshold", "brain"), ("brain_margin_mm", "brain_margin_mm"),
+        ("face_dilate_mm", "face_dilate_mm"), ("growth_margin_mm", "growth_margin_mm"),
+        ("edge_mm", "edge_mm")) if getattr(args, option) is not None}
+    predictor = dataclasses.replace(
+        predictor, thresholds=dataclasses.replace(predictor.thresholds, **overrides),
+        mirror_average=predictor.mirror_average if args.mirror_average is None else args.mirror_average)
+    defacer = Defacer(predictor, args.atlas_guard)
     rows = []
     print("set\thead\tface_removed\teyes\tnose\tmouth\tbrain_removed\t(affine brain)\tdice\tseconds"
           "\tpeak_numpy_mb\tpass")

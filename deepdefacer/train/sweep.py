@@ -18,7 +18,9 @@ import nibabel as nib
 import numpy as np
 
 from deepdefacer.conform import plausible_affine
-from deepdefacer.pipeline import face_mask, image_data, predict
+from deepdefacer.mask import face_mask
+from deepdefacer.nifti import read_volume
+from deepdefacer.pipeline import predict
 from deepdefacer.train.data import label_name, split
 from deepdefacer.train.evaluate import LANDMARK_NAMES, passes, reference_labels, score, scoring_parser
 
@@ -28,7 +30,9 @@ def floats(text: str) -> list[float]:
 
 
 def main(argv=None) -> int:
-    from deepdefacer.model import load_defacer
+    import dataclasses
+
+    from deepdefacer.predictor import load_predictor
 
     parser = scoring_parser(__doc__.splitlines()[0])
     parser.add_argument("--face-threshold", type=floats, default=[0.3, 0.4, 0.5])
@@ -42,9 +46,9 @@ def main(argv=None) -> int:
                         help="average the prediction with its left-right mirror's (override the card's)")
     parser.add_argument("--json", type=Path, help="write every score here")
     args = parser.parse_args(argv)
-    defacer = load_defacer("cpu", args.model)
+    predictor = load_predictor("cpu", args.model)
     if args.mirror_average is not None:
-        defacer.mirror_average = args.mirror_average
+        predictor = dataclasses.replace(predictor, mirror_average=args.mirror_average)
     combos = list(itertools.product(args.face_threshold, args.face_dilate_mm,
                                     args.brain_margin_mm, args.brain_threshold, args.growth_margin_mm,
                                     args.edge_mm))
@@ -56,9 +60,9 @@ def main(argv=None) -> int:
             if not (args.labels / f"{name}_face.nii.gz").exists():
                 continue
             img = nib.load(path)
-            _, data = image_data(img)
+            data = read_volume(img).data
             affine, _ = plausible_affine(data, img.affine)
-            pred = predict(data, affine, defacer)
+            pred = predict(data, affine, predictor)
             labels = reference_labels(args.labels, name)
             for combo in combos:
                 threshold, dilate, margin, brain_threshold, growth_margin, edge = combo
