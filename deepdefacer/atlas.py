@@ -30,7 +30,8 @@ from scipy import ndimage
 from scipy.ndimage import gaussian_filter
 
 from deepdefacer import registration as reg
-from deepdefacer.conform import block_reduce, conform, cube_affine, head_box_ras
+from deepdefacer.conform import conform, cube_affine, head_box_ras
+from deepdefacer.resample import block_reduce
 from deepdefacer.errors import ModelLoadError
 
 log = logging.getLogger("deepdefacer")

@@ -22,7 +22,8 @@ import logging
 import numpy as np
 
 from deepdefacer import atlas
-from deepdefacer.conform import voxel_sizes, world_extent
+from deepdefacer.conform import world_extent
+from deepdefacer.resample import voxel_sizes
 
 log = logging.getLogger("deepdefacer")
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from deepdefacer.conform import native_box, to_native, voxel_sizes
+from deepdefacer.conform import native_box, to_native
+from deepdefacer.resample import voxel_sizes
 from deepdefacer.regions import largest_component
 
 

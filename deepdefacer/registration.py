@@ -200,7 +200,7 @@ def level_points(image: np.ndarray, affine: np.ndarray, spacing_mm: float, sigma
     """Values and world positions (N x 3) of the voxels of ``image`` on a grid of about
     ``spacing_mm`` (every k-th voxel along each axis), smoothed by ``sigma_mm``, and at most
     ``count`` of them drawn with ``rng``."""
-    from deepdefacer.conform import voxel_sizes
+    from deepdefacer.resample import voxel_sizes
 
     sizes = voxel_sizes(affine)
     if sigma_mm > 0:

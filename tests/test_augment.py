@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from shared_data import SHARED_DATA, needs_shared_data
 
-from deepdefacer.conform import GridPlan, conform, resample
+from deepdefacer.conform import GridPlan, conform
+from deepdefacer.resample import resample
 from deepdefacer.train.augment import (IDENTITY, AugmentOptions, Compose, Head, RandomAffine,
                                        RandomGamma, RandomNoise, conformed_sample,
                                        default_augmentation, random_world_transform, sample)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bids_app_helpers import BIDS_EXAMPLES, DEMO, needs_shared_data
+from deepdefacer.bids import filters as filter_file
 from deepdefacer.bids import jobs, select
 from deepdefacer.cli.run import main
 
@@ -162,17 +163,17 @@ def test_filter_entities_are_pybids_entities():
     from bids.layout.models import Config
 
     pybids = {entity.name for entity in Config.load("bids").entities.values()}
-    assert set(select.FILTER_ENTITIES) <= pybids
+    assert set(filter_file.FILTER_ENTITIES) <= pybids
     # Left out on purpose: the key fixes the suffix; scans and fmap name no anatomical file.
-    assert pybids - set(select.FILTER_ENTITIES) == {"suffix", "scans", "fmap"}
-    assert set(select.FILTER_ENTITY_SHORT_NAMES.values()) <= set(select.FILTER_ENTITIES)
+    assert pybids - set(filter_file.FILTER_ENTITIES) == {"suffix", "scans", "fmap"}
+    assert set(filter_file.FILTER_ENTITY_SHORT_NAMES.values()) <= set(filter_file.FILTER_ENTITIES)
 
 
 def test_valid_filters_pass_the_check_and_select_as_before(demo_layout):
     filters = {"T1w": {"run": [1, "2"], "session": None, "reconstruction": None,
                        "datatype": "anat", "extension": ".nii.gz"},
                "pdw": {"session": 2, "part": None}}
-    checked = select.check_bids_filters(filters)
+    checked = filter_file.check_bids_filters(filters)
     assert set(checked) == {"t1w", "pdw"}
     assert _relpaths(select.select_scans(demo_layout, bids_filters=checked)) == \
         ALL_DEMO[1:4]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from bids_app_helpers import DEMO, REPO, needs_shared_data
-from deepdefacer.cli import run
+from deepdefacer.cli import scratch as scratch_folders
 from deepdefacer.cli.run import main
 
 pytestmark = needs_shared_data
@@ -72,7 +72,7 @@ def test_warnings_go_back_to_python_after_the_run(tmp_path, capsys):
 
 
 def scratch_name(pid: int, host: str | None = None, tail: str = "abcd1234") -> str:
-    return f"{run.SCRATCH_PREFIX}{pid}@{host or run._host_name()}-{tail}"
+    return f"{scratch_folders.SCRATCH_PREFIX}{pid}@{host or scratch_folders._host_name()}-{tail}"
 
 
 def dead_pid() -> int:
@@ -82,7 +82,7 @@ def dead_pid() -> int:
 
 
 def test_stale_scratch_folders_are_removed_and_live_ones_kept(tmp_path):
-    day = run.SCRATCH_MAX_AGE_S
+    day = scratch_folders.SCRATCH_MAX_AGE_S
     sleeper = subprocess.Popen(["sleep", "60"])
     # A run of Deepdefacer by its command line (the name is only an argument here).
     running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
@@ -96,14 +96,14 @@ def test_stale_scratch_folders_are_removed_and_live_ones_kept(tmp_path):
             "long run": (scratch_name(running.pid), 2 * day),
             "other host, recent": (scratch_name(dead_pid(), "node-7.cluster"), 0),
             "other host, old": (scratch_name(os.getpid(), "node-8.cluster"), 2 * day),
-            "not ours": (f"{run.SCRATCH_PREFIX}notapid-abcd1234", 2 * day),
+            "not ours": (f"{scratch_folders.SCRATCH_PREFIX}notapid-abcd1234", 2 * day),
         }
         now = time.time()
         for name, age in folders.values():
             (tmp_path / name).mkdir()
             (tmp_path / name / "keras.json").write_text("{}")
             os.utime(tmp_path / name, (now - age, now - age))
-        removed = run.remove_stale_scratch_folders(tmp_path, now=now)
+        removed = scratch_folders.remove_stale_scratch_folders(tmp_path, now=now)
     finally:
         sleeper.kill()
         running.kill()
@@ -136,7 +136,7 @@ def test_the_run_works_in_a_private_folder_and_leaves_the_environment_as_it_was(
     main([str(DEMO), str(tmp_path / "out"), "group", "-w", str(tmp_path / "work"), "--quiet"])
     capsys.readouterr()
     scratch = Path(seen["TMPDIR"])
-    assert scratch.name.startswith(f"{run.SCRATCH_PREFIX}{os.getpid()}@")
+    assert scratch.name.startswith(f"{scratch_folders.SCRATCH_PREFIX}{os.getpid()}@")
     assert scratch.parent == Path(before[1])
     assert seen["tempdir"] == str(scratch)
     assert seen["KERAS_HOME"] == str(tmp_path / "my-keras")
@@ -160,7 +160,7 @@ def command_in_empty_home(tmp_path, *arguments):
 def wait_for_scratch(process, temporary: Path, timeout_s: float = 120) -> Path:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and process.poll() is None:
-        found = list(temporary.glob(run.SCRATCH_PREFIX + "*"))
+        found = list(temporary.glob(scratch_folders.SCRATCH_PREFIX + "*"))
         if found:
             return found[0]
         time.sleep(0.05)

@@ -10,7 +10,8 @@ import pytest
 from shared_data import SHARED_DATA, needs_shared_data
 from scipy import ndimage
 
-from deepdefacer.conform import GridPlan, conform, native_box, resample, to_native
+from deepdefacer.conform import GridPlan, conform, native_box, to_native
+from deepdefacer.resample import block_reduce, resample
 
 SHARED = SHARED_DATA
 needs_data = needs_shared_data
@@ -101,7 +102,7 @@ def test_the_arrays_memory_order_does_not_change_the_result():
     """nibabel hands over Fortran-ordered arrays; resampling and block reduction run in the
     array's own memory order (no transposed copy of the whole scan) and give the same values
     for the C-ordered copy and for a transposed view of it."""
-    from deepdefacer.conform import block_reduce, head_box_ras
+    from deepdefacer.conform import head_box_ras
 
     img = nib.load(SHARED / "heads" / "chris_t1w.nii.gz")
     fortran = np.asarray(img.dataobj, dtype=np.float32)
@@ -126,7 +127,6 @@ def test_the_arrays_memory_order_does_not_change_the_result():
 def test_block_reduce_is_the_mean_of_each_whole_block():
     """Per-axis sums of strided slices (fast) against the plain block mean in float64, for odd
     shapes (the trailing partial blocks are dropped) and the block centre in the affine."""
-    from deepdefacer.conform import block_reduce
 
     rng = np.random.default_rng(7)
     data = rng.normal(100.0, 30.0, (31, 20, 17)).astype(np.float32)

@@ -18,7 +18,7 @@ from qc_helpers import slab_deface
 from bids_app_helpers import DEMO, checksums, needs_shared_data
 from deepdefacer.bids.outputs import prepare_output_dataset
 from deepdefacer.bids.select import check_dataset
-from deepdefacer.cli.parser import EXIT_QC_FLAGGED, EXIT_SCANS_FAILED, EXIT_USAGE
+from deepdefacer.messages import EXIT_QC_FLAGGED, EXIT_SCANS_FAILED, EXIT_USAGE
 from deepdefacer.cli.run import main
 from deepdefacer.files import split_extension
 from deepdefacer.qc.participant import qc_scan

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from shared_data import SHARED_DATA, needs_shared_data
 
-from deepdefacer.conform import GridPlan, plausible_affine, voxel_sizes
+from deepdefacer.conform import GridPlan, plausible_affine
+from deepdefacer.resample import voxel_sizes
 from deepdefacer.mask import Prediction, face_mask
 from deepdefacer.nifti import read_volume
 from deepdefacer.pipeline import deface_with_details

@@ -104,7 +104,7 @@ def test_plausible_header_over_max_voxels_is_refused(tmp_path):
 
 
 def test_complete_gzip_over_max_voxels_is_read_only_to_the_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(io, "MAX_VOXELS", 170 * 36 * 100)
+    monkeypatch.setattr(nifti, "MAX_VOXELS", 170 * 36 * 100)
     assert _reason(T1W).endswith(f"has {170 * 36 * 188} voxels, more than Deepdefacer's "
                                  f"maximum of {170 * 36 * 100}")
 

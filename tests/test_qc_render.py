@@ -42,7 +42,7 @@ def decode_png(data: bytes) -> np.ndarray:
 @pytest.fixture(scope="module")
 def render_image():
     volume = ras_volume(nib.load(HEADS / "colin27_t1w_2mm.nii"))
-    return render.render_views(volume)["front"]
+    return render.shade(render.depth_map(volume, "front"), volume.voxel_mm)
 
 
 def test_png_round_trip_and_no_temporary_left(render_image, tmp_path):

@@ -13,7 +13,8 @@ from scipy.spatial.transform import Rotation
 
 from deepdefacer import registration as reg
 from deepdefacer.atlas import SMOOTH_MM, load_atlas, register_brain
-from deepdefacer.conform import GridPlan, block_reduce, conform
+from deepdefacer.conform import GridPlan, conform
+from deepdefacer.resample import block_reduce
 from deepdefacer.nifti import read_volume
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,6 +16,16 @@ ENTITY_ORDER = (
     "space", "split", "recording", "chunk", "atlas", "seg", "scale", "res", "den", "label", "desc",
 )
 
+# Every non-parametric anatomical image BIDS defines, and the MP2RAGE parts: the images that
+# show a face and are shared. Deprecated suffixes (FLASH, PD, T2star) only when asked.
+DEFAULT_SUFFIXES = ("T1w", "T2w", "PDw", "T2starw", "FLAIR", "inplaneT1", "inplaneT2", "PDT2",
+                    "angio", "MP2RAGE", "UNIT1")
+# Quantitative maps and the other file collections BIDS defines in anat/, defaced only when asked.
+OPTIONAL_SUFFIXES = ("T1map", "T2map", "T2starmap", "R1map", "R2map", "R2starmap", "PDmap",
+                     "MTRmap", "MTsat", "T1rho", "MWFmap", "MTVmap", "Chimap", "S0map", "M0map",
+                     "MEGRE", "MESE", "VFA", "IRT1", "MPM", "MTS", "MTR", "FLASH", "PD", "T2star")
+ANATOMICAL_SUFFIXES = DEFAULT_SUFFIXES + OPTIONAL_SUFFIXES
+
 # Entities that tell apart the images of one acquisition (echoes, flip angles, inversions,
 # magnitude/phase). They are not allowed in a raw `_defacemask` name, and one mask serves all.
 COLLECTION_ENTITIES = ("echo", "flip", "inv", "mt", "part", "dir")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deepdefacer import nifti, parallel, provenance
-from deepdefacer.apply import mask_image, write_defaced
+from deepdefacer import messages, nifti, parallel, provenance
+from deepdefacer.apply import write_defaced
 from deepdefacer.bids import outputs
 from deepdefacer.bids.jobs import Job
 from deepdefacer.config import Settings
@@ -148,9 +148,8 @@ def _deface_and_check(run: _Job, scan_output, result: JobResult) -> _Checked | N
         verification = verify_defacing(defaced.volume.img, defaced.image, defaced.mask)
         if not verification.verified:
             written = run.settings.allow_unverified
-            result.scans.append(ScanResult(scan.relpath, FAILED, verification.reason + (
-                "; written anyway (--allow-unverified)" if written else
-                "; not written (--allow-unverified writes it for inspection)")))
+            result.scans.append(ScanResult(scan.relpath, FAILED,
+                                           messages.unverified(verification.reason, written)))
             if not written:
                 _remove_earlier_outputs(scan_output)
                 return None
@@ -273,7 +272,7 @@ class _Failure:
 def _failure(exc: BaseException) -> _Failure:
     if isinstance(exc, InputError):
         return _Failure(exc.reason)
-    return _Failure(f"unexpected error: {type(exc).__name__}: {exc}", traceback.format_exc())
+    return _Failure(messages.unexpected(exc), traceback.format_exc())
 
 
 def run_jobs(jobs, settings: Settings, n_procs: int = 1, on_result=None, defacer=None):

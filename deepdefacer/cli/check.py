@@ -13,10 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-EXIT_NO_FACE = 0
-EXIT_FACE = 1
-EXIT_USAGE = 2
-EXIT_UNCHECKED = 3
+from deepdefacer.messages import EXIT_FACE, EXIT_NO_FACE, EXIT_UNCHECKED, EXIT_USAGE  # noqa: F401
 
 # Files in anat/ that are not head images: masks and segmentations.
 NOT_HEAD_SUFFIXES = ("_defacemask", "_mask", "_dseg", "_probseg", "_label")

@@ -11,7 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from deepdefacer.cli.parser import DEVICES, EXIT_OK, EXIT_SCANS_FAILED, EXIT_USAGE
+from deepdefacer import messages
+from deepdefacer.cli.parser import DEVICES
+from deepdefacer.messages import EXIT_OK, EXIT_SCANS_FAILED, EXIT_USAGE
 from deepdefacer.errors import InputError
 
 
@@ -90,7 +92,7 @@ def main(argv=None) -> int:
         for problem in problems:
             print(f"deepdeface: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    from deepdefacer.cli.run import private_scratch_folder, terminate_as_interrupt
+    from deepdefacer.cli.scratch import private_scratch_folder, terminate_as_interrupt
 
     try:
         # Caches and temporaries (TensorFlow, Keras) in one folder removed at exit, as the BIDS App.
@@ -102,7 +104,7 @@ def main(argv=None) -> int:
         return EXIT_SCANS_FAILED
     except KeyboardInterrupt:
         print("deepdeface: interrupted; no partial file was left", file=sys.stderr)
-        return 130
+        return messages.EXIT_INTERRUPTED
     except Exception as exc:
         from deepdefacer.errors import ModelLoadError
 
@@ -111,8 +113,7 @@ def main(argv=None) -> int:
             return EXIT_SCANS_FAILED
         if args.verbose:
             raise
-        print(f"deepdeface: unexpected error: {type(exc).__name__}: {exc} "
-              "(--verbose shows the traceback)", file=sys.stderr)
+        print(f"deepdeface: {messages.unexpected(exc)} {messages.VERBOSE_HINT}", file=sys.stderr)
         return EXIT_SCANS_FAILED
 
 
@@ -163,9 +164,8 @@ def _checked(path: Path, defaced, allow_unverified: bool) -> bool:
 
     verification = verify_defacing(defaced.volume.img, defaced.image, defaced.mask)
     if not verification.verified:
-        print(f"deepdeface: {path}: {verification.reason}; "
-              + ("written anyway (--allow-unverified)" if allow_unverified else
-                 "not written (--allow-unverified writes it for inspection)"), file=sys.stderr)
+        print(f"deepdeface: {path}: {messages.unverified(verification.reason, allow_unverified)}",
+              file=sys.stderr)
     return verification.verified
 
 

@@ -43,7 +43,7 @@ import os
 import sys
 from pathlib import Path
 
-from deepdefacer.cli.parser import EXIT_OK, EXIT_USAGE
+from deepdefacer.messages import EXIT_OK, EXIT_USAGE
 
 LEGACY_OPTIONS = ("--input_file", "--defaced_output_path", "--mask_output_path")
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")

@@ -11,11 +11,9 @@ import json
 from pathlib import Path
 
 from deepdefacer.bids.outputs import LAYOUTS
+from deepdefacer.bids.filters import check_bids_filters
+from deepdefacer.bids.names import ANATOMICAL_SUFFIXES, DEFAULT_SUFFIXES
 from deepdefacer.provenance import version
-from deepdefacer.bids.select import ANATOMICAL_SUFFIXES, DEFAULT_SUFFIXES, check_bids_filters
-
-EXIT_OK, EXIT_SCANS_FAILED, EXIT_USAGE, EXIT_INVALID_DATASET = 0, 1, 2, 3
-EXIT_QC_FLAGGED = 4  # group level with --fail-on-flag: the QC report flagged a scan
 DEVICES = ("auto", "cpu", "gpu")
 
 

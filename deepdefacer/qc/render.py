@@ -93,11 +93,6 @@ def mark(grey: np.ndarray, row: int, column: int, radius: int = 7) -> np.ndarray
     return rgb
 
 
-def render_views(volume: RasVolume) -> dict[str, np.ndarray]:
-    """Shaded renders (uint8 grey) of every view."""
-    return {view: shade(depth_map(volume, view), volume.voxel_mm) for view in VIEWS}
-
-
 def slices_with_mask(volume: RasVolume, removed: np.ndarray | None, centre_vox=None) -> list[np.ndarray]:
     """Sagittal, coronal and axial slices (RGB uint8) with the removed region in red."""
     intensity = volume.intensity
@@ -137,12 +132,6 @@ def montage(panels: list[np.ndarray], gap: int = 6, height: int | None = None) -
         canvas[gap + height - rows: gap + height, column: column + panel.shape[1]] = panel[-rows:]
         column += panel.shape[1] + gap
     return canvas
-
-
-def stack_rows(rows: list[np.ndarray]) -> np.ndarray:
-    width = max(r.shape[1] for r in rows)
-    padded = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
-    return np.concatenate(padded, axis=0)
 
 
 def upscale(image: np.ndarray, factor: int) -> np.ndarray:

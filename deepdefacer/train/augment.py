@@ -24,7 +24,8 @@ from typing import ClassVar
 import numpy as np
 from scipy import ndimage
 
-from deepdefacer.conform import GridPlan, conform, normalise, resample
+from deepdefacer.conform import GridPlan, conform, normalise
+from deepdefacer.resample import resample
 from deepdefacer.train.perturbations import (anisotropic, bias_field, crop_field_of_view, elastic_fields,
                                              random_world_transform, remap_contrast)
 

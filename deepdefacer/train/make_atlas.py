@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from deepdefacer.atlas import ATLAS_MM, ATLAS_NAME
-from deepdefacer.conform import block_reduce
+from deepdefacer.resample import block_reduce
 
 REPO = Path(__file__).resolve().parents[2]
 
