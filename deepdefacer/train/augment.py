@@ -1,10 +1,9 @@
 """Augmentation: one labelled head -> endless varied training cubes.
 
-With one main site and a few contrasts, the model has to learn "any contrast, any
-resolution, any field of view" from augmentation (in the spirit of SynthStrip's
-synthesis): random intensity remapping of the whole histogram (so T1w can look like
-T2w, PDw or FLAIR), gamma, bias fields, noise, 8-bit quantisation, anisotropic
-resolution, field-of-view crops, and random rotation/scale/flip/elastic geometry.
+With one main site and a few contrasts, the model learns "any contrast, resolution and field
+of view" from augmentation (in the spirit of SynthStrip's synthesis): the whole histogram
+remapped (T1w can look like T2w, PDw or FLAIR), gamma, bias fields, noise, 8-bit quantisation,
+anisotropic resolution, field-of-view crops, rotation/scale/flip/elastic geometry.
 
 Each perturbation is a small transform with its probability and its parameters, in the
 manner of TorchIO; a ``Compose`` chains them and its ``recipe()`` is what the model card
@@ -292,11 +291,8 @@ def conformed_sample(head: Head, plan: GridPlan, rng: np.random.Generator,
 
 def sample(head: Head, plan: GridPlan, rng: np.random.Generator, augment: bool = True,
            options: AugmentOptions = AugmentOptions(), transforms: Compose | None = None):
-    """One training cube and its (face, brain) targets on the canonical grid.
-
-    ``transforms``: the recipe (default: ``default_augmentation(options)`` when ``augment``,
-    none otherwise).
-    """
+    """One training cube and its (face, brain) targets on the canonical grid; ``transforms``:
+    the recipe (default: ``default_augmentation(options)`` when ``augment``, else none)."""
     if transforms is None:
         transforms = default_augmentation(options) if augment else IDENTITY
     cubes = conformed_sample(head, plan, rng, transforms)
