@@ -9,7 +9,7 @@ One run, one machine, the same scans. Every method runs in its own subprocess (o
 method and scan); its peak memory is that process's ``ru_maxrss`` (``os.wait4``), i.e. the
 whole Python process with its framework and model, not only the arrays.
 
-- **ours**: ``load_defacer("cpu")`` once, then ``deface(img, d)`` on an image already read
+- **ours**: ``load_predictor("cpu")`` once, then ``deface(img, d)`` on an image already read
   into memory (1 warm-up call, then ``--repeats`` timed calls; the median is reported), the
   model part ``d.predict(cube)`` alone (same count), and file to file (``nib.load`` of the
   .nii.gz, ``deface``, ``nib.save`` of the defaced image and the mask).
@@ -182,12 +182,13 @@ def worker_ours(args) -> int:
     import nibabel as nib
 
     from deepdefacer import deface
-    from deepdefacer.model import load_defacer
+    from deepdefacer.pipeline import Defacer
+    from deepdefacer.predictor import load_predictor
 
     t_import = time.perf_counter() - t_start
     start = time.perf_counter()
-    defacer = load_defacer("cpu", model_path=args.model)
-    defacer.atlas_guard = args.atlas_guard
+    predictor = load_predictor("cpu", model_path=args.model)
+    defacer = Defacer(predictor, args.atlas_guard)
     load_seconds = time.perf_counter() - start
     raw_bytes = nib.load(args.scan).to_bytes()  # the scan, decompressed, in memory
 
@@ -209,16 +210,16 @@ def worker_ours(args) -> int:
 
     def spy(cube):
         captured["cube"] = cube
-        return type(defacer).predict(defacer, cube)
+        return type(predictor).predict(predictor, cube)
 
-    defacer.predict = spy
+    predictor.predict = spy
     deface(fresh(), defacer)
-    del defacer.predict
+    del predictor.predict
     cube = captured["cube"]
     predict_seconds = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        defacer.predict(cube)
+        predictor.predict(cube)
         predict_seconds.append(time.perf_counter() - start)
     file_seconds = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -234,7 +235,7 @@ def worker_ours(args) -> int:
         "deface_seconds": deface_seconds, "first_deface_seconds": first_seconds,
         "predict_seconds": predict_seconds, "file_seconds": file_seconds,
         "import_seconds": t_import, "load_model_seconds": load_seconds,
-        "cube_shape": list(cube.shape), "model": str(defacer.path), "model_sha256": defacer.model_sha256,
+        "cube_shape": list(cube.shape), "model": str(predictor.path), "model_sha256": predictor.model_sha256,
         "peak_rss_mb_self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "mask_removed": str(args.mask_out),
     }
@@ -344,7 +345,7 @@ def run(args) -> int:
         log("WARNING: a training process is running; timings share the CPU with it")
     model = args.model
     if model is None:
-        from deepdefacer.model import shipped_model_path
+        from deepdefacer.predictor import shipped_model_path
 
         model = str(shipped_model_path())
     python_2019 = ensure_venv_2019(log) if "deepdefacer-2.1.2" in args.methods else None

@@ -104,9 +104,9 @@ def main(argv=None) -> int:
     if "model" in args.defacers:
         try:
             from deepdefacer.pipeline import deface as model
-            from deepdefacer.model import default_defacer
+            from deepdefacer.pipeline import load_defacer
 
-            default_defacer()
+            load_defacer()
         except Exception as error:  # noqa: BLE001 - report and go on without it
             print(f"model skipped: {error}", file=sys.stderr)
             model = None

@@ -11,7 +11,7 @@ the 36 NiChart scans) it records:
 and the same for the head whose header lies about its orientation (the array turned 90 degrees
 under an unchanged header: the face must be found from another side), and, on heads/, for the
 header scaled to half and double size (wrong voxel sizes) and all 48 axis orders of two heads.
-A header without orientation codes fails before the gate (deepdefacer.pipeline.image_data), so the
+A header without orientation codes fails before the gate (deepdefacer.nifti), so the
 gate is measured on such a head as the array's own axes, i.e. as a lying header.
 """
 
@@ -59,10 +59,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
-    from deepdefacer.model import default_defacer
-    from deepdefacer.pipeline import deface
+    from deepdefacer.pipeline import deface, load_defacer
 
-    defacer = default_defacer()
+    defacer = load_defacer()
     rows = []
     started = time.perf_counter()
     for set_name, name, path, orientation in originals(args.sets):

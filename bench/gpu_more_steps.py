@@ -13,7 +13,7 @@ Three arms, one run, the same data and machine, so they compare with each other:
 * ``long_boundary``: ``long`` with ``--boundary-weight`` (the face/brain border penalty).
 
 To carry the data under the device's 64 MiB limit, ``pack`` stores every head and its
-labels block-averaged to ~4 mm (``conform.block_reduce`` with a 6 mm target; inference
+labels block-averaged to ~4 mm (``resample.block_reduce`` with a 6 mm target; inference
 samples 2 mm scans without averaging; odd edge slices are trimmed, so a face cut by the
 field of view loses up to ~20% of its label volume, e.g. the SPM templates), so only the
 arms' comparison is meaningful, not their absolute scores against the shipped v2.
@@ -43,7 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deepdefacer.conform import GridPlan, block_reduce
+from deepdefacer.conform import GridPlan
+from deepdefacer.resample import block_reduce
 from deepdefacer.train.augment import AugmentOptions, Head, sample
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,7 +139,7 @@ def train_arm(pool, name: str, init: Path, out: Path, steps_per_epoch: int, epoc
                         epochs=epochs, callbacks=[Budget(), plateau], verbose=2)
     # Without the optimizer's state (6 MB, not 18): the device returns files of at most 16 MB.
     _save_without_optimizer(model, out / f"{name}.keras")
-    # The card states the grid: deepdefacer.model refuses a model without one.
+    # The card states the grid: deepdefacer.predictor refuses a model without one.
     card = json.loads((REPO / "models" / "deepdefacer_unet_v9.json").read_text())  # same grid as every arm
     (out / f"{name}.json").write_text(json.dumps({
         "name": name, "file": f"{name}.keras", "grid": card["grid"], "outputs": card["outputs"],

@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PERTURBATIONS = ("none", "thick_si_5mm", "thick_ap_5mm", "thick_lr_5mm", "crop_nose", "crop_mouth",
                  "crop_top", "noise_bias", "header_x3")
 LABEL_KINDS = ("face", "brain", "brain_affine", "landmarks")
-NOSE, MOUTH = 3, 4  # landmark values (deepdefacer.train.labels.LANDMARKS_VOX order, from 1)
+NOSE, MOUTH = 3, 4  # landmark values (deepdefacer.train.label_registration.LANDMARKS_VOX order, from 1)
 BIAS_STRENGTH = 0.15  # training's bias field (augment.bias_field) at a mid strength: ~0.8-1.2
 
 
@@ -60,7 +60,7 @@ def voxel_axis(affine: np.ndarray, world_axis: int) -> int:
 
 def thick_slices(data, affine, labels, world_axis: int, slice_mm: float = 5.0):
     """Average whole voxels along one axis into slices of at least ``slice_mm``."""
-    from deepdefacer.conform import voxel_sizes
+    from deepdefacer.resample import voxel_sizes
 
     axis = voxel_axis(affine, world_axis)
     factor = int(round(slice_mm / float(voxel_sizes(affine)[axis])))
@@ -174,10 +174,9 @@ _DEFACER = None
 
 def _worker_init(atlas_guard: bool):
     global _DEFACER
-    from deepdefacer.model import load_defacer
+    from deepdefacer.pipeline import load_defacer
 
-    _DEFACER = load_defacer("cpu")
-    _DEFACER.atlas_guard = atlas_guard
+    _DEFACER = load_defacer("cpu", atlas_guard)
 
 
 def score_one(job):
