@@ -1,7 +1,7 @@
-"""Affine registration by Mattes mutual information, in numpy (the atlas guard's fit; stop 20).
+"""Affine registration by Mattes mutual information, in numpy (the atlas guard's fit).
 
-The guard registers an average head to each scan (``deepdefacer.atlas``). Until stop 19 that was
-antsRegistration (antspyx), 2.9 s of a 3.5 s ``deface()``. This module does the same kind of fit,
+The guard registers an average head to each scan (``deepdefacer.atlas``). With antsRegistration
+(antspyx) that fit was 2.9 s of a 3.5 s ``deface()``. This module does the same kind of fit,
 an affine maximising Mattes mutual information (any contrast), in a fraction of that:
 
 - the metric is evaluated on a fixed, seeded subset of the scan's voxels (points), the atlas is
