@@ -78,6 +78,43 @@ def read_card(path: Path) -> dict:
     return card
 
 
+# What TensorFlow's C++ side prints on every import, before Python's logging can be set: absl's
+# notice that it has not been initialised, oneDNN's and the CPU features' banners. They broke the
+# progress bar and filled every SLURM log; anything else it prints still reaches stderr.
+STARTUP_NOISE = ("All log messages before absl::InitializeLog()", "] oneDNN custom operations are on",
+                 "cpu_feature_guard.cc", "To enable the following instructions",
+                 "rebuild TensorFlow with the appropriate compiler flags")
+
+
+def import_tensorflow():
+    """``import tensorflow``, with its start-up banners (C++ writes to file descriptor 2) held
+    back; other lines are passed on, and all of them are shown if the import fails."""
+    import sys
+    import tempfile
+
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        kept = [line for line in captured.read().decode("utf-8", "replace").splitlines(True)
+                if not any(noise in line for noise in STARTUP_NOISE)]
+    sys.stderr.write("".join(kept))
+    return tf
+
+
 def configure_device(device: str = "auto") -> str:
     """Pick TensorFlow's device before any op runs; return what will be used."""
     if device not in ("auto", "cpu", "gpu"):
@@ -86,7 +123,7 @@ def configure_device(device: str = "auto") -> str:
     if device == "cpu":
         # Hiding the GPU must happen before TensorFlow initialises it.
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     gpus = tf.config.list_physical_devices("GPU")
     if device == "gpu" and not gpus:

@@ -217,3 +217,19 @@ def test_without_a_writable_temporary_folder_the_run_goes_on(tmp_path, monkeypat
     assert main([str(DEMO), str(tmp_path / "missing"), "group"]) == 2
     assert "no such folder; run the participant level first" in capsys.readouterr().err
     assert dict(os.environ) == before
+
+
+@pytest.mark.slow
+def test_tensorflow_start_up_banners_are_held_back():
+    """TensorFlow's C++ start-up lines (absl, oneDNN) are printed on fd 2 before Python's logging
+    exists: a plain import shows them, Deepdefacer's import does not."""
+    from deepdefacer.predictor import STARTUP_NOISE
+
+    def stderr_of(code):
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), timeout=300).stderr
+
+    plain = stderr_of("import tensorflow")
+    assert any(noise in plain for noise in STARTUP_NOISE), plain  # the test can fail
+    quiet = stderr_of("from deepdefacer.predictor import import_tensorflow; import_tensorflow()")
+    assert not any(noise in quiet for noise in STARTUP_NOISE), quiet
