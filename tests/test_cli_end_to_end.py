@@ -191,13 +191,22 @@ def test_bids_copy_has_every_file_with_anatomy_defaced(dataset, bids_copy):
 # Re-runs
 
 
-def test_rerun_skips_up_to_date_scans_and_overwrite_redoes_them(dataset, derivatives, capsys):
+def test_rerun_skips_up_to_date_scans_and_overwrite_redoes_them(dataset, derivatives, capsys,
+                                                                tmp_path):
     image = derivatives / derivative_paths(SCANS[0])[0]
     inode = image.stat().st_ino
+    work = tmp_path / "work"
     assert main([str(dataset), str(derivatives), "participant", "--skip-bids-validation",
-                 "--device", "cpu", "--skip-qc"]) == 0
+                 "--device", "cpu", "--skip-qc", "-w", str(work)]) == 0
     err = capsys.readouterr().err
     assert "5 scan(s): 0 defaced, 5 already up to date, 0 failed" in err
+    # Numbered lines for logs without a progress bar; the summary says where and what next.
+    assert "[5/5] up to date " in err
+    assert f"Outputs in {derivatives} (" in err
+    assert f"Next, the QC report: deepdefacer {dataset} {derivatives} group" in err
+    log_text = (work / "deepdefacer.log").read_text()
+    assert "started " in log_text and "participant --skip-bids-validation" in log_text
+    assert "5 scan(s): 0 defaced, 5 already up to date, 0 failed" in log_text
     assert image.stat().st_ino == inode  # not rewritten
 
     assert main([str(dataset), str(derivatives), "participant", "--skip-bids-validation",

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
+import time
 
 from deepdefacer import messages
 from deepdefacer.cli.group import run_group_level
 from deepdefacer.cli.parser import build_parser
 from deepdefacer.cli.scratch import private_scratch_folder, terminate_as_interrupt
-from deepdefacer.cli.terminal import configure_logging, log_scan, progress_bar, summarise
+from deepdefacer.cli.terminal import FILE_ONLY, Progress, configure_logging, progress_bar, summarise
 from deepdefacer.config import Settings
 from deepdefacer.errors import InputError, ModelLoadError
 from deepdefacer.messages import EXIT_INVALID_DATASET, EXIT_OK, EXIT_SCANS_FAILED, EXIT_USAGE
@@ -42,6 +43,7 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     configure_logging(args)
     command_line = "deepdefacer " + shlex.join(argv)
+    log.info("started %s: %s", time.strftime("%Y-%m-%dT%H:%M:%S%z"), command_line, extra=FILE_ONLY)
     try:
         with terminate_as_interrupt(), private_scratch_folder():
             if args.analysis_level == "group":
@@ -123,10 +125,11 @@ def run_participant_level(args, command_line: str) -> int:
 
     settings = Settings.from_args(args, command_line)
     results = []
+    progress = Progress(len(scans), args.verbose)
     with progress_bar(len(scans), args) as bar:
         def on_result(job_result):
             for scan_result in job_result.scans:
-                log_scan(scan_result, args.verbose)
+                progress.scan(scan_result)
             bar.update(len(job_result.scans))
             results.append(job_result)
 
@@ -137,7 +140,9 @@ def run_participant_level(args, command_line: str) -> int:
             if args.verbose:
                 log.exception("details")
             return EXIT_SCANS_FAILED
-    return summarise(results, copy_failures)
+    group_command = (shlex.join(["deepdefacer", str(args.bids_dir), str(args.output_dir), "group"])
+                     if args.layout == "derivatives" else None)
+    return summarise(results, copy_failures, args.output_dir, progress.elapsed(), group_command)
 
 
 def validate_input(args, validate) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from contextlib import contextmanager
 
 from deepdefacer.messages import EXIT_OK, EXIT_SCANS_FAILED
@@ -12,21 +13,57 @@ from deepdefacer.messages import EXIT_OK, EXIT_SCANS_FAILED
 log = logging.getLogger("deepdefacer")
 
 
-def log_scan(scan_result, verbose: bool) -> None:
-    if scan_result.status == "failed":
-        log.error("FAILED %s: %s", scan_result.relpath, scan_result.message)
-        if verbose and scan_result.details:
-            log.error(scan_result.details.rstrip())
-    elif scan_result.status == "skipped":
-        log.info("up to date %s", scan_result.relpath)
-    else:
-        log.info("defaced %s: %s (%.1f s)", scan_result.relpath, scan_result.message,
-                 scan_result.seconds)
-        for flag in scan_result.qc_flags:
-            log.warning("QC flag %s: %s", scan_result.relpath, flag)
+FILE_ONLY = {"file_only": True}  # extra= of records for the --work-dir log only
 
 
-def summarise(results, copy_failures) -> int:
+class Progress:
+    """One line a scan, numbered ``[i/N]`` with an estimate of the time left (a SLURM or docker
+    log has no progress bar), and the run's summary with its elapsed time."""
+
+    def __init__(self, total: int, verbose: bool = False):
+        self.total, self.verbose, self.done = total, verbose, 0
+        self.started = time.monotonic()
+        self.work_seconds, self.worked = 0.0, 0  # scans that needed work, for the estimate
+
+    def scan(self, scan_result) -> None:
+        self.done += 1
+        if scan_result.status != "skipped":
+            self.work_seconds += scan_result.seconds
+            self.worked += 1
+        where = f"[{self.done}/{self.total}]"
+        if scan_result.status == "failed":
+            log.error("%s FAILED %s: %s", where, scan_result.relpath, scan_result.message)
+            if self.verbose and scan_result.details:
+                log.error(scan_result.details.rstrip())
+        elif scan_result.status == "skipped":
+            log.info("%s up to date %s", where, scan_result.relpath)
+        else:
+            log.info("%s defaced %s: %s (%.1f s%s)", where, scan_result.relpath,
+                     scan_result.message, scan_result.seconds, self._time_left())
+            for flag in scan_result.qc_flags:
+                log.warning("QC flag %s: %s", scan_result.relpath, flag)
+
+    def _time_left(self) -> str:
+        left = self.total - self.done
+        if not left or not self.worked:
+            return ""
+        return f", about {_duration(left * self.work_seconds / self.worked)} left"
+
+    def elapsed(self) -> str:
+        return _duration(time.monotonic() - self.started)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def summarise(results, copy_failures, output_dir=None, elapsed: str | None = None,
+              group_command: str | None = None) -> int:
+    """The run's summary on stderr (also with --quiet), and in the --work-dir log."""
     scan_results = [scan for job in results for scan in job.scans]
     counts = {status: sum(scan.status == status for scan in scan_results)
               for status in ("defaced", "skipped", "failed")}
@@ -40,12 +77,22 @@ def summarise(results, copy_failures) -> int:
     if flagged:
         summary += (f"; QC flagged {len(flagged)} defaced scan(s) for review: "
                     + ", ".join(flagged) + " (the group level writes qc_report.html)")
-    if not failures:
-        print(summary, file=sys.stderr)
-        return EXIT_OK
-    lines = [summary, "Failed:"] + [f"  {relpath}: {reason}" for relpath, reason in failures]
+    lines = [summary]
+    if output_dir is not None:
+        lines.append(f"Outputs in {output_dir}" + (f" ({elapsed})" if elapsed else ""))
+    if failures:
+        lines += ["Failed:"] + [f"  {relpath}: {reason}" for relpath, reason in failures]
+        lines.append("Next: fix what is listed and run the same command again (finished scans are "
+                     "skipped).")
+    elif group_command:
+        lines.append(f"Next, the QC report: {group_command}")
     print("\n".join(lines), file=sys.stderr)
-    return EXIT_SCANS_FAILED
+    log.info("\n".join(lines), extra=FILE_ONLY)
+    return EXIT_SCANS_FAILED if failures else EXIT_OK
+
+
+def _terminal_only(record: logging.LogRecord) -> bool:
+    return not getattr(record, "file_only", False)
 
 
 class _TqdmHandler(logging.Handler):
@@ -67,6 +114,7 @@ def configure_logging(args) -> None:
     handler = _TqdmHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.setLevel(level)
+    handler.addFilter(_terminal_only)
     file_handler = None
     if getattr(args, "work_dir", None):
         args.work_dir.mkdir(parents=True, exist_ok=True)
