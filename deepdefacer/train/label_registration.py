@@ -167,7 +167,7 @@ def register_brain_deformable(head_path: Path, template: dict, seed: int = 1):
 
     The affine brain of ``register_labels`` cannot follow one person's frontal sinus,
     orbital roof or atrophy, and overreaches into bone and sinus by up to ~10 mm at the
-    frontal pole (docs/model.md); a deformable fit (at 2 mm) follows the brain's edge.
+    frontal pole (docs/dev/experiments.md); a deformable fit (at 2 mm) follows the brain's edge.
     """
     ants = _ants()
     start = time.perf_counter()
