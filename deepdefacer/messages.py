@@ -11,6 +11,7 @@ EXIT_SCANS_FAILED = 1  # a scan failed (its face check, its input, a write), or 
 EXIT_USAGE = 2  # a bad argument, dataset folder or output folder: nothing was written
 EXIT_INVALID_DATASET = 3  # the input fails BIDS validation
 EXIT_QC_FLAGGED = 4  # group level with --fail-on-flag: the QC report flagged a scan
+EXIT_NOTHING_SELECTED = 5  # the selection (labels, suffixes, filters) matches no anatomical image
 EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM: what was written is complete, a rerun finishes
 
 # deepdefacer-check

@@ -9,12 +9,52 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+from dataclasses import dataclass
 
 from deepdefacer.errors import ModelLoadError
 
 
+# What one process needs at most: 0.95 GB measured on a 256x256x176 1 mm scan (docs/benchmark.md),
+# with headroom for larger fields of view.
+PEAK_GB_PER_PROCESS = 1.5
+
+
+@dataclass(frozen=True)
+class Resources:
+    """How a run uses the machine: parallel processes and the threads of each."""
+
+    n_procs: int
+    threads: int
+    notes: tuple = ()  # what was changed from the request, and why
+
+
+def plan_resources(n_procs: int = 1, total_cpus: int | None = None, threads: int | None = None,
+                   mem_gb: float | None = None, jobs: int | None = None) -> Resources:
+    """nipreps' --nprocs (CPUs for the run), --omp-nthreads (threads a process) and --mem, with
+    Deepdefacer's --n-procs (parallel processes), never beyond the CPUs this process may use."""
+    notes = []
+    cpus = usable_cpus()
+    total = min(total_cpus or cpus, cpus)
+    if total_cpus and total_cpus > cpus:
+        notes.append(f"--nprocs {total_cpus}: this process may use {cpus} CPUs")
+    if jobs is not None:
+        n_procs = max(1, min(n_procs, jobs))
+    if mem_gb is not None and n_procs * PEAK_GB_PER_PROCESS > mem_gb:
+        fitting = max(1, int(mem_gb // PEAK_GB_PER_PROCESS))
+        notes.append(f"--n-procs {n_procs} needs ~{n_procs * PEAK_GB_PER_PROCESS:g} GB, more than "
+                     f"--mem {mem_gb:g} GB: {fitting} process(es)")
+        n_procs = fitting
+    per_process = max(1, total // n_procs)
+    if threads is not None:
+        per_process = threads
+        if threads * n_procs > total:
+            notes.append(f"{n_procs} process(es) x --omp-nthreads {threads} is more than the "
+                         f"{total} CPUs")
+    return Resources(n_procs, per_process, tuple(notes))
+
+
 def run_all(function, jobs, settings, n_procs: int = 1, on_result=None, on_worker_failure=None,
-            **keywords) -> list:
+            threads: int | None = None, **keywords) -> list:
     """``function(job, settings, **keywords)`` for every job, calling ``on_result`` with each
     result as it comes; returns the results. ``on_worker_failure(job, exc)`` makes the result of
     a job whose worker died (out of memory, killed). A ModelLoadError stops the run."""
@@ -30,7 +70,7 @@ def run_all(function, jobs, settings, n_procs: int = 1, on_result=None, on_worke
             deliver(function(job, settings, **keywords))
         return results
 
-    threads = max(1, usable_cpus() // n_procs)
+    threads = threads or max(1, usable_cpus() // n_procs)
     context = multiprocessing.get_context("spawn")  # TensorFlow is not fork-safe
     with concurrent.futures.ProcessPoolExecutor(
             max_workers=n_procs, mp_context=context, initializer=_init_worker,
@@ -68,6 +108,12 @@ def usable_cpus() -> int:
         count = os.cpu_count() or 1
     slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
     return max(1, min(count, int(slurm)) if slurm.isdigit() and int(slurm) > 0 else count)
+
+
+def set_threads(threads: int) -> None:
+    """TensorFlow's and OpenMP's threads in this process; read when TensorFlow starts."""
+    for variable in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
+        os.environ[variable] = str(threads)
 
 
 def _init_worker(threads: int) -> None:

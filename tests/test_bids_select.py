@@ -12,6 +12,7 @@ from bids_app_helpers import BIDS_EXAMPLES, DEMO, needs_shared_data
 from deepdefacer.bids import filters as filter_file
 from deepdefacer.bids import jobs, select
 from deepdefacer.cli.run import main
+from deepdefacer.messages import EXIT_NOTHING_SELECTED
 
 pytestmark = needs_shared_data
 
@@ -70,9 +71,10 @@ def test_app_selects_every_anatomical_image_and_reports_each_placeholder(dataset
         written = {p.relative_to(tmp_path / "out").as_posix()
                    for p in (tmp_path / "out").rglob("*") if p.is_file()}
         assert written == {"dataset_description.json", "README.md", ".bidsignore"}
-    else:
-        assert status == 0
+    else:  # nothing selected is an error of its own, not a silent success
+        assert status == EXIT_NOTHING_SELECTED
         assert "no anatomical images match the selection" in stderr
+        assert not (tmp_path / "out").exists()  # found before anything is written
 
 
 # ---------------------------------------------------------------------------------------------

@@ -170,7 +170,7 @@ def wait_for_scratch(process, temporary: Path, timeout_s: float = 120) -> Path:
 @pytest.mark.slow
 def test_sigterm_removes_the_scratch_folder_and_kill_leaves_it_to_the_next_run(tmp_path):
     dataset = shutil.copytree(DEMO, tmp_path / "ds")
-    # No FLAIR in ds-demo: the validator runs (deno's cache), then there is nothing to do.
+    # No FLAIR in ds-demo: the validator runs (deno's cache), then nothing is selected (exit 5).
     command, environment, home, temporary = command_in_empty_home(
         tmp_path, dataset, tmp_path / "out", "participant", "--suffix", "FLAIR")
 
@@ -188,8 +188,8 @@ def test_sigterm_removes_the_scratch_folder_and_kill_leaves_it_to_the_next_run(t
 
     completed = subprocess.run(command, env=environment, capture_output=True, text=True,
                                timeout=300)
-    assert completed.returncode == 0, completed.stderr
-    assert "BIDS validation passed" in completed.stderr
+    assert completed.returncode == 5, completed.stderr
+    assert "BIDS validation passed" in completed.stderr and "nothing selected" in completed.stderr
     assert list(temporary.iterdir()) == [] and list(home.iterdir()) == []
 
 

@@ -275,7 +275,8 @@ def _failure(exc: BaseException) -> _Failure:
     return _Failure(messages.unexpected(exc), traceback.format_exc())
 
 
-def run_jobs(jobs, settings: Settings, n_procs: int = 1, on_result=None, defacer=None):
+def run_jobs(jobs, settings: Settings, n_procs: int = 1, on_result=None, defacer=None,
+             threads: int | None = None):
     """Run jobs (``n_procs`` > 1: in that many worker processes), calling on_result(JobResult) as
     each finishes; returns the list of results."""
     def worker_failed(job, exc):
@@ -285,4 +286,4 @@ def run_jobs(jobs, settings: Settings, n_procs: int = 1, on_result=None, defacer
 
     keywords = {"defacer": defacer} if defacer is not None else {}
     return parallel.run_all(process_job, jobs, settings, n_procs, on_result, worker_failed,
-                            **keywords)
+                            threads, **keywords)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,21 +69,42 @@ def check_output_location(bids_dir, output_dir) -> None:
 # Selection
 
 
-def open_layout(bids_dir):
-    """A pybids layout of the dataset (validation is the BIDS validator's job, not pybids')."""
+def open_layout(bids_dir, participants=None, database_dir=None):
+    """A pybids layout of the dataset (validation is the BIDS validator's job, not pybids').
+
+    ``participants``: index only their folders (a SLURM task of a 1,000-participant dataset
+    indexed every one of them: 11-19 s before any work). ``database_dir``: pybids' index of the
+    whole dataset kept there and reused as it is (fMRIPrep's --bids-database-dir).
+    """
     import bids  # slow to import: only when a dataset is actually read
     from bids.layout import BIDSLayoutIndexer
+    from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
 
+    ignore = set(DEFAULT_LOCATIONS_TO_IGNORE)
+    if participants and database_dir is None:
+        kept = "|".join(re.escape(label) for label in participants)
+        ignore.add(re.compile(rf"^/sub-(?!(?:{kept})(?:/|$))"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             # Sidecars are read for the selected scans only (inherited_metadata): indexing the
             # metadata of every file would double the time on large datasets.
-            return bids.BIDSLayout(str(bids_dir), validate=False,
-                                   indexer=BIDSLayoutIndexer(validate=False,
-                                                             index_metadata=False))
+            return bids.BIDSLayout(
+                str(bids_dir), validate=False,
+                database_path=None if database_dir is None else str(database_dir),
+                indexer=BIDSLayoutIndexer(validate=False, index_metadata=False, ignore=ignore))
         except Exception as exc:  # pybids raises a handful of types for malformed datasets
             raise InputError(bids_dir, f"pybids cannot index this dataset ({exc})") from None
+
+
+def chosen_participants(bids_dir, labels=(), excluded=()):
+    """The participants ``labels`` name (in order, once each) less ``excluded``, or None for every
+    participant; ``[]`` when all are excluded."""
+    labels, excluded = list(labels or ()), set(excluded or ())
+    if not labels and not excluded:
+        return None
+    labels = labels or _folder_labels(Path(bids_dir), "sub-")
+    return [label for label in dict.fromkeys(labels) if label not in excluded]
 
 
 def select_scans(layout, participant_labels=None, session_labels=None,

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,3 +61,24 @@ def validate_dataset(path, timeout_seconds: float = 3600) -> ValidationResult:
     errors = [issue for issue in issues if issue.get("severity") == "error"]
     warnings = [issue for issue in issues if issue.get("severity") == "warning"]
     return ValidationResult(errors, warnings)
+
+
+def validate_participants(bids_dir, participants=None, timeout_seconds: float = 3600) -> ValidationResult:
+    """Validate the dataset, or only ``participants`` (labels) of it, as fMRIPrep does: the
+    validator sees a view of the dataset (links to its top-level files and to the selected
+    sub-<label> folders), so one bad participant elsewhere does not stop every task of a SLURM
+    array, and a task does not validate a thousand participants it will not touch."""
+    bids_dir = Path(bids_dir)
+    if not participants:
+        return validate_dataset(bids_dir, timeout_seconds)
+    selected = {f"sub-{label}" for label in participants}
+    with tempfile.TemporaryDirectory(prefix="deepdefacer-validate-") as view:
+        for entry in bids_dir.iterdir():
+            if entry.name.startswith("sub-") and entry.name not in selected:
+                continue
+            (Path(view) / entry.name).symlink_to(entry.absolute())
+        result = validate_dataset(view, timeout_seconds)
+    for issue in result.errors + result.warnings:  # locations as in the real dataset
+        if isinstance(issue.get("location"), str) and issue["location"].startswith(view):
+            issue["location"] = issue["location"][len(view):]
+    return result

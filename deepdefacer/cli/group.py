@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from deepdefacer.errors import InputError
-from deepdefacer.messages import EXIT_OK, EXIT_QC_FLAGGED, EXIT_SCANS_FAILED, EXIT_USAGE
+from deepdefacer.messages import (EXIT_NOTHING_SELECTED, EXIT_OK, EXIT_QC_FLAGGED,
+                                  EXIT_SCANS_FAILED, EXIT_USAGE)
 
 log = logging.getLogger("deepdefacer")
 
@@ -35,17 +36,21 @@ def run_group_level(args) -> int:
         return EXIT_USAGE
     try:
         select.check_dataset(args.bids_dir)
-        layout = select.open_layout(args.bids_dir)
+        participants = select.chosen_participants(
+            args.bids_dir, (args.participant_label or []) + (args.participant_label_file or []),
+            args.exclude_participant_label)
+        layout = select.open_layout(args.bids_dir, participants, args.bids_database_dir)
         # Counted from the selection, not from the verdicts found: a scan whose participant
         # level was interrupted has none, and must not go unnoticed.
-        scans = select.select_scans(layout, args.participant_label, args.session_label,
+        scans = select.select_scans(layout, participants, args.session_label,
                                     args.suffix, args.bids_filter_file, metadata=False)
     except InputError as exc:
         log.error(str(exc))
         return EXIT_USAGE
     if not scans:
-        log.warning("no anatomical images match the selection (suffixes %s) in %s",
-                    " ".join(args.suffix), args.bids_dir)
+        log.error("no anatomical images match the selection (suffixes %s) in %s: nothing "
+                  "selected", " ".join(args.suffix), args.bids_dir)
+        return EXIT_NOTHING_SELECTED
     expected = report.expected_scans(scans, output_dir, derivatives)
     result = report.write_report(output_dir, expected,
                                  output_dir if derivatives else args.work_dir)

@@ -73,6 +73,38 @@ def positive_int(value: str) -> int:
     return number
 
 
+def label_file(value: str) -> list:
+    """Participant labels from a file, one a line or separated by spaces; '#' starts a comment."""
+    path = Path(value)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {value}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"{value}: cannot read it ({exc})") from None
+    words = [word for line in text.splitlines() for word in line.split("#", 1)[0].split()]
+    if not words:
+        raise argparse.ArgumentTypeError(f"{value}: no participant labels in it")
+    parse = label("sub-")
+    try:
+        return [parse(word) for word in words]
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{value}: {exc}") from None
+
+
+def memory_gb(value: str) -> float:
+    """8, 8G, 8GB, 8000M or 8000MB as gigabytes."""
+    text = value.strip().upper().removesuffix("B")
+    scale = 1 / 1024 if text.endswith("M") else 1.0
+    try:
+        number = float(text.rstrip("MG")) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an amount of memory: {value!r} (e.g. 8G)") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0: {value}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deepdefacer",
@@ -91,16 +123,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("analysis_level", choices=("participant", "group"),
                         help="participant: deface scans; group: quality-control report of "
                              "the selected scans' outputs")
-    parser.add_argument("-v", "--version", action="version",
-                        version=f"Deepdefacer {version()}")
+    parser.add_argument("--version", action="version", version=f"Deepdefacer {version()}")
 
     selection = parser.add_argument_group("what to deface")
     selection.add_argument("--participant-label", "--participant_label", nargs="+",
-                           type=label("sub-"), metavar="LABEL",
-                           help="participants to process (with or without 'sub-'); "
-                                "default: all")
-    selection.add_argument("--session-label", "--session_label", nargs="+", type=label("ses-"),
-                           metavar="LABEL", help="sessions to process (with or without 'ses-')")
+                           action="extend", type=label("sub-"), metavar="LABEL",
+                           help="participants to process (with or without 'sub-'; the flag may "
+                                "be repeated); default: all")
+    selection.add_argument("--participant-label-file", "--participant_label_file",
+                           type=label_file, metavar="FILE",
+                           help="a text file of participant labels, one a line (or separated by "
+                                "spaces; '#' starts a comment), added to --participant-label")
+    selection.add_argument("--exclude-participant-label", "--exclude_participant_label",
+                           nargs="+", action="extend", type=label("sub-"), metavar="LABEL",
+                           help="participants to leave out of the selection")
+    selection.add_argument("--session-label", "--session_label", "--session-id", "--session_id",
+                           nargs="+", action="extend", type=label("ses-"), metavar="LABEL",
+                           help="sessions to process (with or without 'ses-')")
     selection.add_argument("--suffix", nargs="+", type=suffix, metavar="SUFFIX",
                            default=list(DEFAULT_SUFFIXES),
                            help="anatomical suffixes to deface (default: "
@@ -134,17 +173,33 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--skip-qc", action="store_true",
                      help="no per-scan QC figures and verdicts (sub-<label>/figures/; "
                           "derivatives layout only)")
-    run.add_argument("--skip-bids-validation", "--skip_bids_validation", action="store_true",
-                     help="do not validate the input with bids-validator-deno")
-    run.add_argument("--n-procs", "--n_procs", "--nprocs", type=positive_int, default=1,
-                     metavar="N", help="scans defaced in parallel, each process with its own "
-                                       "copy of the model and 1/N of the CPUs (default 1)")
+    run.add_argument("--skip-bids-validation", "--skip_bids_validation",
+                     "--skip-bids-validator", "--skip_bids_validator", action="store_true",
+                     help="do not validate the input with bids-validator-deno (by default the "
+                          "selected participants are validated before any work)")
+    run.add_argument("--bids-database-dir", "--bids_database_dir", type=lambda value: Path(value).absolute(),
+                     metavar="DIR", help="keep pybids' index of the whole dataset here and reuse "
+                                         "it (e.g. across the tasks of a SLURM array); it is "
+                                         "reused as it is: remove it when the dataset changes")
+    resources = parser.add_argument_group("resources (nipreps' names)")
+    resources.add_argument("--n-procs", "--n_procs", type=positive_int, default=1, metavar="N",
+                           help="scans defaced in parallel, each process with its own copy of "
+                                "the model (default 1)")
+    resources.add_argument("--nprocs", "--nthreads", "--n-cpus", "--n_cpus", type=positive_int,
+                           metavar="N", help="CPUs for the whole run, shared among the processes "
+                                             "(default: those this process may use: its affinity "
+                                             "and SLURM_CPUS_PER_TASK)")
+    resources.add_argument("--omp-nthreads", "--omp_nthreads", type=positive_int, metavar="N",
+                           help="threads a process (default: the CPUs / --n-procs)")
+    resources.add_argument("--mem", "--mem-gb", "--mem_gb", type=memory_gb, metavar="GB",
+                           help="memory for the whole run (e.g. 8, 8G or 8000M); fewer parallel "
+                                "processes are started when --n-procs would not fit in it")
     run.add_argument("--device", choices=DEVICES, default="auto",
                      help="where the model runs (default auto: a GPU if there is one)")
     run.add_argument("--atlas-guard", "--atlas_guard", action=argparse.BooleanOptionalAction, default=True,
                      help="also keep everything near an average brain registered to each scan "
-                          "(default: on; ~2-4 s a scan on 2 cores). --no-atlas-guard: the network's "
-                          "brain guard alone, ~4x faster, but it removed brain on 3 of 48 test scans")
+                          "(default: on). --no-atlas-guard: the network's brain guard alone, "
+                          "faster, but it removes brain on more scans (docs/model-card.md)")
     run.add_argument("--overwrite", action="store_true",
                      help="redo scans whose outputs exist and are up to date")
     run.add_argument("--work-dir", "--work_dir", "-w", type=lambda value: Path(value).absolute(),
@@ -152,8 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(kept; default: none); group level: the QC report, "
                                          "when output_dir is not Deepdefacer's derivatives")
     verbosity = run.add_mutually_exclusive_group()
-    verbosity.add_argument("--verbose", action="store_true",
-                           help="debug messages and tracebacks of unexpected errors")
+    verbosity.add_argument("-v", "--verbose", action="count", default=0,
+                           help="debug messages and tracebacks of unexpected errors (nipreps' "
+                                "-v; may be repeated)")
     verbosity.add_argument("--quiet", action="store_true",
                            help="no progress bar or per-scan lines: only problems and the summary")
     return parser

@@ -8,6 +8,7 @@ each; tracebacks only with --verbose.
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import sys
 import time
@@ -19,7 +20,9 @@ from deepdefacer.cli.scratch import private_scratch_folder, terminate_as_interru
 from deepdefacer.cli.terminal import FILE_ONLY, Progress, configure_logging, progress_bar, summarise
 from deepdefacer.config import Settings
 from deepdefacer.errors import InputError, ModelLoadError
-from deepdefacer.messages import EXIT_INVALID_DATASET, EXIT_OK, EXIT_SCANS_FAILED, EXIT_USAGE
+from deepdefacer.messages import (EXIT_INVALID_DATASET, EXIT_NOTHING_SELECTED, EXIT_OK,
+                                  EXIT_SCANS_FAILED, EXIT_USAGE)
+from deepdefacer.parallel import plan_resources, set_threads
 from deepdefacer.provenance import version
 
 log = logging.getLogger("deepdefacer")
@@ -72,21 +75,27 @@ def run_participant_level(args, command_line: str) -> int:
     except InputError as exc:
         log.error(str(exc))
         return EXIT_USAGE
+    participants = select.chosen_participants(
+        args.bids_dir, (args.participant_label or []) + (args.participant_label_file or []),
+        args.exclude_participant_label)
+    if participants == []:
+        log.error("every participant is excluded (--exclude-participant-label): nothing selected")
+        return EXIT_NOTHING_SELECTED
     try:
-        layout = select.open_layout(args.bids_dir)
-        scans = select.select_scans(layout, args.participant_label, args.session_label,
+        layout = select.open_layout(args.bids_dir, participants, args.bids_database_dir)
+        scans = select.select_scans(layout, participants, args.session_label,
                                     args.suffix, args.bids_filter_file)
     except InputError as exc:
         log.error(str(exc))
         return EXIT_USAGE
     if not args.skip_bids_validation:
-        status = validate_input(args, validate)
+        status = validate_input(args, validate, participants)
         if status != EXIT_OK:
             return status
     if not scans:
-        log.warning("no anatomical images match the selection (suffixes %s) in %s: "
-                    "nothing to do", " ".join(args.suffix), args.bids_dir)
-        return EXIT_OK
+        log.error("no anatomical images match the selection (suffixes %s) in %s: nothing "
+                  "selected", " ".join(args.suffix), args.bids_dir)
+        return EXIT_NOTHING_SELECTED
     planned_jobs = jobs.plan_jobs(scans, args.mask_from)
     try:
         args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +118,7 @@ def run_participant_level(args, command_line: str) -> int:
             produced |= {group.mask_relpath.rsplit(".nii", 1)[0] + ".json"
                          for group in job.groups}
         report = layout_bids.copy_dataset(args.bids_dir, args.output_dir, produced,
-                                          args.participant_label, args.session_label,
+                                          participants, args.session_label,
                                           include_undefaced=args.copy_undefaced_anat)
         log.info("copied %d file(s) of the dataset (%d already there)", report.copied,
                  report.up_to_date)
@@ -125,6 +134,12 @@ def run_participant_level(args, command_line: str) -> int:
 
     settings = Settings.from_args(args, command_line)
     results = []
+    resources = plan_resources(args.n_procs, args.nprocs, args.omp_nthreads, args.mem,
+                               len(planned_jobs))
+    for note in resources.notes:
+        log.warning(note)
+    if resources.n_procs == 1 and (args.nprocs or args.omp_nthreads or resources.threads < (os.cpu_count() or 1)):
+        set_threads(resources.threads)  # before TensorFlow starts: never more than the allocation
     progress = Progress(len(scans), args.verbose)
     with progress_bar(len(scans), args) as bar:
         def on_result(job_result):
@@ -134,7 +149,8 @@ def run_participant_level(args, command_line: str) -> int:
             results.append(job_result)
 
         try:
-            process.run_jobs(planned_jobs, settings, n_procs=args.n_procs, on_result=on_result)
+            process.run_jobs(planned_jobs, settings, n_procs=resources.n_procs,
+                             on_result=on_result, threads=resources.threads)
         except ModelLoadError as exc:
             log.error(str(exc))
             if args.verbose:
@@ -145,9 +161,12 @@ def run_participant_level(args, command_line: str) -> int:
     return summarise(results, copy_failures, args.output_dir, progress.elapsed(), group_command)
 
 
-def validate_input(args, validate) -> int:
+def validate_input(args, validate, participants=None) -> int:
+    what = (f"{len(participants)} participant(s)" if participants else "the dataset")
+    log.info("Validating %s with %s ...", what, validate.VALIDATOR_COMMAND)
+    started = time.monotonic()
     try:
-        result = validate.validate_dataset(args.bids_dir)
+        result = validate.validate_participants(args.bids_dir, participants)
     except validate.ValidatorMissing as exc:
         log.error(str(exc))
         return EXIT_USAGE
@@ -165,7 +184,8 @@ def validate_input(args, validate) -> int:
                   "--skip-bids-validation to deface anyway.", args.bids_dir,
                   len(result.errors), result.summary())
         return EXIT_INVALID_DATASET
-    log.info("BIDS validation passed (%d warning(s))", len(result.warnings))
+    log.info("BIDS validation passed (%d warning(s), %.0f s)", len(result.warnings),
+             time.monotonic() - started)
     return EXIT_OK
 
 
