@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from deepdefacer.bids.deidentify import chosen_keys
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -21,9 +23,11 @@ class Settings:
     command_line: str = ""  # recorded in the provenance
     qc: bool = True  # per-scan QC figures and verdict (derivatives layout)
     allow_unverified: bool = False  # write a scan whose face check fails (still a failed scan)
+    deidentify_keys: tuple = ()  # --layout bids: sidecar keys removed, header text blanked
 
     @classmethod
     def from_args(cls, args, command_line: str) -> Settings:
         return cls(output_dir=str(args.output_dir), layout=args.layout, overwrite=args.overwrite,
                    device=args.device, atlas_guard=args.atlas_guard, command_line=command_line,
-                   qc=not args.skip_qc, allow_unverified=args.allow_unverified)
+                   qc=not args.skip_qc, allow_unverified=args.allow_unverified,
+                   deidentify_keys=chosen_keys(args.deidentify_metadata, args.deidentify_keys))

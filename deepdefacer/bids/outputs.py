@@ -16,39 +16,24 @@ The file that records completion is written last, so an interrupted job is redon
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from deepdefacer.bids.generated_by import (SOFTWARE_NAME, generated_by, how_to_acknowledge,
+                                           source_dataset)
 from deepdefacer.bids.jobs import Job, MaskGroup
 from deepdefacer.bids.names import BidsName
 from deepdefacer.bids.select import Scan
 from deepdefacer.errors import InputError
-from deepdefacer.files import create_json_exclusive, create_text_exclusive, read_json, split_extension
+from deepdefacer.files import (create_json_exclusive, create_text_exclusive, read_json,
+                               split_extension, write_json)
 from deepdefacer.provenance import version
 from deepdefacer.qc.participant import RENDER_SUFFIX, SLICES_SUFFIX, VERDICT_SUFFIX
 
 LAYOUTS = ("derivatives", "bids")
-SOFTWARE_NAME = "Deepdefacer"
 PROVENANCE_KEY = "Deepdefacer"
 BIDS_VERSION = "1.10.0"
 SOURCE_DATASET_KEY = "raw"  # bids:raw:<path> URIs resolve through DatasetLinks["raw"]
-
-
-def container_info() -> dict | None:
-    """BIDS GeneratedBy.Container when running in Docker or Singularity/Apptainer."""
-    image = os.environ.get("DEEPDEFACER_CONTAINER_IMAGE")
-    if os.environ.get("SINGULARITY_CONTAINER") or os.environ.get("APPTAINER_CONTAINER"):
-        info = {"Type": "singularity"}
-        uri = os.environ.get("SINGULARITY_CONTAINER") or os.environ.get("APPTAINER_CONTAINER")
-        info["URI"] = image or uri
-        return info
-    if Path("/.dockerenv").exists() or Path("/run/.containerenv").exists():
-        info = {"Type": "docker"}
-        if image:
-            info["Tag"] = image
-        return info
-    return None
 
 
 def defaced_name(name: BidsName) -> BidsName:
@@ -127,9 +112,19 @@ def source_uri(scan_relpath: str, layout: str) -> str:
         else f"bids::{scan_relpath}"
 
 
+IMAGE_DESCRIPTION = ("The source image with the voxels of the face set to zero by Deepdefacer; "
+                     "every other voxel and the header as the source stored them")
+
+
 def image_sidecar(scan: Scan, mask_relpath: str, provenance: dict) -> dict:
+    """The source's metadata, what the image is, its Sources (the source image, the mask and,
+    with --mask-from, the image the mask was computed on) and the provenance."""
     sidecar = {key: value for key, value in scan.metadata.items() if key != "Sources"}
+    sidecar["Description"] = IMAGE_DESCRIPTION
     sidecar["Sources"] = [source_uri(scan.relpath, "derivatives"), f"bids::{mask_relpath}"]
+    mask_source = provenance.get("MaskSource")
+    if mask_source and mask_source not in sidecar["Sources"]:
+        sidecar["Sources"].append(mask_source)
     sidecar["SkullStripped"] = False  # required for image derivatives; the brain is untouched
     sidecar[PROVENANCE_KEY] = provenance
     return sidecar
@@ -191,23 +186,16 @@ def is_up_to_date(planned, layout: str, expected_by_scan: dict, qc: bool = False
 
 
 def derivative_description(source_description: dict, bids_dir) -> dict:
-    generated_by = {"Name": SOFTWARE_NAME, "Version": version(),
-                    "Description": "Faces removed from anatomical MRI with a 3D U-Net"}
-    container = container_info()
-    if container:
-        generated_by["Container"] = container
-    source_uri_ = Path(bids_dir).resolve().as_uri()
-    source_dataset = {"URL": source_uri_}
-    if source_description.get("DatasetDOI"):
-        source_dataset["DOI"] = source_description["DatasetDOI"]
+    source = source_dataset(source_description, bids_dir)
     description = {
         "Name": f"Deepdefacer: defaced anatomical images of "
                 f"{source_description.get('Name', Path(bids_dir).name)}",
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "derivative",
-        "GeneratedBy": [generated_by],
-        "SourceDatasets": [source_dataset],
-        "DatasetLinks": {SOURCE_DATASET_KEY: source_uri_},
+        "GeneratedBy": [generated_by()],
+        "SourceDatasets": [source],
+        "DatasetLinks": {SOURCE_DATASET_KEY: source["URL"]},
+        "HowToAcknowledge": how_to_acknowledge(),
     }
     if source_description.get("License"):
         description["License"] = source_description["License"]
@@ -230,8 +218,11 @@ face removed by Deepdefacer:
 """
 
 
-def prepare_output_dataset(output_dir, bids_dir, source_description: dict, layout: str) -> None:
-    """Create the output's dataset_description.json once, or check the one there is ours.
+def prepare_output_dataset(output_dir, bids_dir, source_description: dict, layout: str,
+                           deidentify_keys=None) -> None:
+    """Create the output's dataset_description.json once, or check the one there is ours; for
+    the bids layout write the copy's description and CHANGES (layout_bids; ``deidentify_keys``:
+    the sidecar keys the copy goes without, named in its CHANGES entry).
 
     Raises InputError before any work when output_dir holds a different dataset.
     """
@@ -251,12 +242,20 @@ def prepare_output_dataset(output_dir, bids_dir, source_description: dict, layou
         # QC figures (fmriprep style, sub-<label>/figures/) and the group report are not BIDS.
         create_text_exclusive("sub-*/figures\nqc_report.html\nqc_summary.*\n",
                               output_dir / ".bidsignore")
-    elif description_path.exists():
-        existing = _read_description(description_path)
-        if existing != source_description:
+    else:
+        from deepdefacer.bids import layout_bids
+
+        if description_path.exists() and not layout_bids.is_copy_of(
+                _read_description(description_path), source_description):
             raise InputError(output_dir, "output folder holds another dataset (its "
                                          "dataset_description.json differs from the input's); "
                                          "--layout bids needs an empty folder or an earlier copy")
+        write_json(layout_bids.copy_description(source_description, generated_by(),
+                                                source_dataset(source_description, bids_dir)),
+                   description_path)
+        layout_bids.write_changes(bids_dir, output_dir, SOFTWARE_NAME, version(), [
+            "Identifying keys removed from the JSON sidecars: " + ", ".join(deidentify_keys)
+            + "; header text fields blanked in the defaced images"] if deidentify_keys else [])
 
 
 def _read_description(path: Path) -> dict:

@@ -170,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="--layout bids: copy the anatomical images not selected for "
                           "defacing into the copy with their faces (default: left out, and the "
                           "run fails)")
+    run.add_argument("--deidentify-metadata", "--deidentify_metadata", action="store_true",
+                     help="--layout bids: remove identifying keys (institution, device serial "
+                          "number, station, dates, patient and operator names; the list is in "
+                          "docs/bids-app.md) from every JSON sidecar of the copy, and blank the "
+                          "defaced images' header text (descrip, db_name, aux_file, "
+                          "intent_name); default: both copied unchanged")
+    run.add_argument("--deidentify-keys", "--deidentify_keys", nargs="+", metavar="KEY",
+                     help="--layout bids: the sidecar keys to remove instead of the default set "
+                          "(implies --deidentify-metadata)")
     run.add_argument("--skip-qc", action="store_true",
                      help="no per-scan QC figures and verdicts (sub-<label>/figures/; "
                           "derivatives layout only)")

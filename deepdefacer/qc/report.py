@@ -10,11 +10,16 @@ interrupted participant level cannot pass for a complete one. Without `expected`
 call), every verdict under output_dir is collected. The report (images inlined as base64, no
 scripts, no network), qc_summary.json and qc_summary.tsv go to report_dir (output_dir by
 default).
+
+The summary also says which identifying keys (deepdefacer.bids.deidentify.DEFAULT_KEYS) remain in
+the JSON sidecars of the dataset that would be shared: the upload-ready copy itself, or, for
+Deepdefacer's derivatives, the raw dataset they were made from; a warning line names them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +38,8 @@ TSV_COLUMNS = ("stem", "verdict", "face_present", "nose_length_mm", "removed_fra
                "brain_removed_ml", "flags", "notes", "render", "slices", "source")
 INCOMPLETE = "incomplete"
 
+log = logging.getLogger("deepdefacer")
+
 
 @dataclass(frozen=True)
 class ExpectedScan:
@@ -50,6 +57,7 @@ class GroupReport:
     incomplete: list = field(default_factory=list)   # (scan or file, reason)
     unchecked: list = field(default_factory=list)    # complete scans of a layout without QC
     report_dir: Path | None = None
+    identifying_metadata: dict = field(default_factory=dict)  # identifying_metadata()
 
     @property
     def flagged(self) -> list:
@@ -155,11 +163,50 @@ def _relative(path, folder: Path) -> str:
         return str(path)
 
 
-def write_report(output_dir, expected=None, report_dir=None) -> GroupReport:
-    """Write the report and summaries of the expected scans (see the module docstring)."""
+def identifying_metadata(output_dir, sidecar_dir=None) -> dict:
+    """Which identifying keys remain in the sidecars of ``sidecar_dir`` (default: output_dir, or
+    for Deepdefacer's derivatives the raw dataset of their DatasetLinks, when it is a folder
+    here): deidentify.identifying_keys_in's counts, plus the dataset read."""
+    from deepdefacer.bids.deidentify import identifying_keys_in
+
+    folder = Path(sidecar_dir) if sidecar_dir is not None else _shared_dataset(Path(output_dir))
+    return {"dataset": str(folder), **identifying_keys_in(folder)}
+
+
+def _shared_dataset(output_dir: Path) -> Path:
+    if not is_deepdefacer_derivatives(output_dir):
+        return output_dir
+    try:
+        from urllib.parse import unquote, urlparse
+
+        description = json.loads((output_dir / "dataset_description.json").read_text("utf-8"))
+        link = urlparse(description["DatasetLinks"]["raw"])
+        raw = Path(unquote(link.path))
+        return raw if link.scheme == "file" and raw.is_dir() else output_dir
+    except (OSError, KeyError, TypeError, ValueError):
+        return output_dir
+
+
+def identifying_metadata_warning(found: dict) -> str | None:
+    """One line naming the identifying keys left, or None when there are none."""
+    keys = found.get("keys") or {}
+    if not keys:
+        return None
+    return (f"identifying metadata left in the sidecars of {found.get('dataset')}: "
+            + ", ".join(f"{key} ({count})" for key, count in keys.items())
+            + " (--layout bids --deidentify-metadata removes them from an upload-ready copy)")
+
+
+def write_report(output_dir, expected=None, report_dir=None, sidecar_dir=None) -> GroupReport:
+    """Write the report and summaries of the expected scans (see the module docstring);
+    ``sidecar_dir``: the dataset whose sidecars are checked for identifying keys."""
     output_dir = Path(output_dir)
     result = _gather(output_dir, expected)
     result.report_dir = Path(report_dir) if report_dir is not None else output_dir
+    result.identifying_metadata = identifying_metadata(output_dir, sidecar_dir)
+    warning = identifying_metadata_warning(result.identifying_metadata)
+    if warning:
+        log.warning(warning)
     flagged = result.flagged
     summary = {
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -174,6 +221,7 @@ def write_report(output_dir, expected=None, report_dir=None) -> GroupReport:
                        for source, reason in result.incomplete],
         "without_qc": list(result.unchecked),
         "scans": [_public(v) for v in result.verdicts],
+        "identifying_metadata": result.identifying_metadata,
     }
     _write_atomic(result.report_dir / SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")
     _write_atomic(result.report_dir / SUMMARY_TSV, _tsv(result))

@@ -68,6 +68,11 @@ def render_html(summary: dict, result) -> str:
         parts.append(f"<p>{len(result.unchecked)} scan(s) defaced without per-scan QC (an "
                      "upload-ready copy has none): " + html.escape(", ".join(result.unchecked))
                      + "</p>")
+    identifying = summary.get("identifying_metadata", {})
+    if identifying.get("keys"):
+        parts.append('<p class="missing" id="identifying">Identifying keys left in the sidecars of '
+                     f'{html.escape(str(identifying.get("dataset")))}: ' + html.escape(", ".join(
+                         f"{key} ({count})" for key, count in identifying["keys"].items())) + "</p>")
     if not verdicts and not result.incomplete and not result.unchecked:
         parts.append("<p>No QC results found (no *_desc-qc_verdict.json under the output folder).</p>")
     elif verdicts:
