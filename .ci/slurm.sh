@@ -43,13 +43,14 @@ array_script=$repo/docs/slurm_array.sh
 
 say() { echo "slurm.sh: $*"; }
 die() { echo "slurm.sh: FAILED: $*" >&2; exit 1; }
-timings=()
+timings=() phase="" phase_started=0
 timed() {  # name command...: runs the command and records how long it took
-  local name=$1 started=$SECONDS
+  phase=$1 phase_started=$SECONDS
   shift
-  say "--- $name"
+  say "--- $phase"
   "$@"
-  timings+=("$(printf '  %-52s %5d s' "$name" $((SECONDS - started)))")
+  timings+=("$(printf '  %-52s %5d s' "$phase" $((SECONDS - phase_started)))")
+  phase=""
 }
 
 work="" ok=0
@@ -77,6 +78,7 @@ cleanup() {
       kill -0 "$pid" 2>/dev/null && { say "${daemon#munge/} still running: SIGKILL"; kill -9 "$pid"; }
     done
   fi
+  [ -n "$phase" ] && timings+=("$(printf '  %-52s %5d s' "FAILED: $phase" $((SECONDS - phase_started)))")
   say "=== timings"
   printf '%s\n' "${timings[@]}"
   printf '  %-52s %5d s\n' "total" "$SECONDS"
@@ -425,16 +427,14 @@ phase_array() {
 }
 
 phase_usage() {  # a task submitted without its arguments prints the script's path, not the spool copy's
-  cd "$work"
-  local usage_job log
-  usage_job=$(sbatch --parsable --array=1 "$array_script")
+  local usage_job log  # submitted from the repository with a relative path, run in the work folder
+  usage_job=$(sbatch --parsable --array=1 --chdir="$work" docs/slurm_array.sh)
   usage_job=${usage_job%%;*}
   wait_job "$usage_job"
   check_tasks "$usage_job" 1 FAILED
   log=$(task_log "$usage_job" 1)
   grep -q "usage: bash $array_script " "$log" || die "the usage message does not name $array_script: $(cat "$log")"
   say "usage names $array_script"
-  cd "$repo"
 }
 
 phase_outputs() {

@@ -37,6 +37,7 @@ set -euo pipefail
 script=${DEEPDEFACER_SCRIPT:-}
 if [ -z "$script" ] && [ -n "${SLURM_JOB_ID:-}" ] && command -v scontrol >/dev/null; then
   script=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p' | head -n 1)
+  case $script in '' | /*) ;; *) script=${SLURM_SUBMIT_DIR:-.}/$script ;; esac
 fi
 script=${script:-$(realpath "$0")}
 
