@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                "(listed at the end), or, at the group level, a selected scan has no outputs or "
                "QC verdict; 2 usage error (bad arguments, not a BIDS dataset, unknown "
                "participant, output inside the input); 3 the input fails BIDS validation; 4 the "
-               "group level with --fail-on-flag found a flagged scan.",
+               "group level with --fail-on-flag found a flagged scan; 5 nothing matched the selection; "
+               "130 interrupted.",
         allow_abbrev=False)
     parser.add_argument("bids_dir", type=existing_folder,
                         help="the root folder of the input BIDS dataset")
