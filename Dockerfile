@@ -73,8 +73,12 @@ RUN if ! python3 -c 'import venv' 2>/dev/null; then \
         && rm -rf /var/lib/apt/lists/*; \
     fi
 ARG VARIANT=cpu
-ARG VERSION=unknown
-# Recorded as GeneratedBy.Container in the outputs' dataset_description.json.
+# The repository's `version` file, which a Dockerfile cannot read into a label: a test
+# (tests/test_provenance_details.py) keeps this default equal to it, and the build below fails when
+# a --build-arg VERSION differs from it, so the label and /version always agree.
+ARG VERSION=3.0.0
+# Recorded as GeneratedBy.Container in the outputs' dataset_description.json; its being set is how
+# Deepdefacer knows it runs in its image (deepdefacer.bids.generated_by.container_info).
 ARG IMAGE_NAME=deepdefacer:${VERSION}-${VARIANT}
 LABEL org.opencontainers.image.title="deepdefacer" \
       org.opencontainers.image.description="Deepdefacer BIDS App: removes faces from MRI head scans with a 3D U-Net (${VARIANT})" \
@@ -98,10 +102,16 @@ RUN groupadd --gid 1000 deepdefacer \
     && useradd --uid 1000 --gid 1000 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin deepdefacer \
     && echo /opt/deepdefacer > "$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/deepdefacer.pth"
 COPY --from=code /opt/deepdefacer /opt/deepdefacer
-# Fails the build when the package, its entry point or its model did not make it into the image.
+# /version: the BIDS Apps convention (the version of the app in the image, readable without running it).
+COPY version /version
+# Fails the build when the package, its entry point or its model did not make it into the image, or
+# when the version label would not be the version inside.
 RUN /opt/venv/bin/python -c 'import deepdefacer, importlib.resources as r; \
 assert any(p.name.endswith(".keras") for p in r.files("deepdefacer.models").iterdir()), "no model"' \
-    && deepdefacer --help > /dev/null
+    && deepdefacer --help > /dev/null \
+    && if [ "$(cat /version)" != "${VERSION}" ]; then \
+        echo "VERSION=${VERSION} (label) differs from the version file ($(cat /version))" >&2; exit 1; \
+    fi
 USER 1000:1000
 WORKDIR /tmp
 ENTRYPOINT ["/opt/deepdefacer/bin/deepdefacer"]
