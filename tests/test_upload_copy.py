@@ -280,3 +280,52 @@ def test_group_report_of_derivatives_reads_the_input_sidecars(dataset, tmp_path)
     result = report.write_report(out, [])
     assert result.identifying_metadata["dataset"] == str(dataset.resolve())
     assert result.identifying_metadata["keys"]["DeviceSerialNumber"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# The BIDS App itself (the model on sub-02's two T1w runs, one prediction: --mask-from T1w)
+
+
+def app(dataset, out, *extra) -> list:
+    return [str(dataset), str(out), "participant", "--participant-label", "02", "--suffix",
+            "T1w", "--mask-from", "T1w", "--device", "cpu", "--quiet", *extra]
+
+
+@pytest.mark.slow
+def test_the_app_makes_a_valid_copy_twice_and_its_group_level_reports_the_keys(
+        dataset, tmp_path, capsys):
+    from deepdefacer.cli.run import main
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert main(app(dataset, out, "--layout", "bids")) == 0
+    err = capsys.readouterr().err
+    assert ("the input already holds sub-02/anat/sub-02_run-1_mod-T1w_defacemask.nii: "
+            "Deepdefacer's mask replaces it") in err
+    assert main(app(dataset, out, "--layout", "bids")) == 0
+    assert "0 defaced, 2 already up to date, 0 failed" in capsys.readouterr().err
+    changes = (out / "CHANGES").read_text()
+    assert len(deepdefacer_entries(changes)) == 1 and changes.endswith(INPUT_CHANGES)
+    assert not (out / "sub-02/anat/sub-02_run-1_mod-T1w_defacemask.nii").exists()
+    result = validate_dataset(out)
+    assert result.errors == [], result.summary()
+    assert not {"GeneratedBy", "SourceDatasets"} & warnings_of(result)
+    assert main([str(dataset), str(out), "group", "--participant-label", "02", "--suffix",
+                 "T1w", "-w", str(work), "--quiet"]) == 0
+    assert "identifying metadata left in the sidecars of" in capsys.readouterr().err
+    summary = json.loads((work / "qc_summary.json").read_text())
+    assert summary["identifying_metadata"]["keys"]["PatientName"] == 1  # sub-02's run-1 only
+    assert validate_dataset(out).errors == []  # the report went to --work-dir
+
+
+@pytest.mark.slow
+def test_with_mask_from_the_derivative_sidecar_lists_the_mask_source(dataset, tmp_path):
+    from deepdefacer.cli.run import main
+
+    out = tmp_path / "derivatives"
+    assert main(app(dataset, out, "--skip-qc")) == 0
+    sidecar = json.loads((out / "sub-02/anat/sub-02_run-2_desc-defaced_T1w.json").read_text())
+    assert sidecar["Description"] == outputs.IMAGE_DESCRIPTION
+    assert sidecar["Sources"] == ["bids:raw:sub-02/anat/sub-02_run-2_T1w.nii",
+                                  "bids::sub-02/anat/sub-02_run-2_mod-T1w_defacemask.nii.gz",
+                                  "bids:raw:sub-02/anat/sub-02_run-1_T1w.nii.gz"]
+    assert validate_dataset(out).errors == []

@@ -165,8 +165,10 @@ def is_up_to_date(planned, layout: str, expected_by_scan: dict, qc: bool = False
                 expected = expected_by_scan[scan_output.scan.relpath]
                 if not scan_output.image.is_file():
                     return False
-                if qc and not (all(path.is_file() for path in scan_output.qc_files)
-                               and read_json(scan_output.qc_files[-1]).get("verdict")):
+                # (The bids layout has no QC files: nothing to check there.)
+                if qc and scan_output.qc_files and not (
+                        all(path.is_file() for path in scan_output.qc_files)
+                        and read_json(scan_output.qc_files[-1]).get("verdict")):
                     return False  # the verdict is written last of the QC, and must be readable
                 if layout == "derivatives":
                     recorded = read_json(scan_output.sidecar).get(PROVENANCE_KEY, {})
