@@ -69,7 +69,7 @@ def copy_dataset(bids_dir, output_dir, excluded_relpaths, participant_labels=Non
     With participant or session labels only those subjects' and sessions' folders are copied
     (plus everything outside sub-*), so parallel runs on different participants each copy
     their own part and the shared top-level files are replaced atomically with equal content.
-    ``deidentify_keys``: sidecar keys to remove (deidentify.DEFAULT_KEYS); None copies sidecars
+    ``deidentify_keys``: sidecar keys to remove (deidentify.DEFAULT_KEYS); none copies sidecars
     unchanged.
     """
     bids_dir, output_dir = Path(bids_dir), Path(output_dir)
@@ -114,7 +114,7 @@ def copy_dataset(bids_dir, output_dir, excluded_relpaths, participant_labels=Non
                 # Its image is left out, and BIDS rejects a sidecar without its data file.
                 _remove_earlier_copy(bids_dir / relpath, output_dir / relpath)
                 continue
-            if deidentify_keys is not None and is_sidecar(relpath):
+            if deidentify_keys and is_sidecar(relpath):
                 _copy_sidecar(bids_dir / relpath, output_dir / relpath, relpath, deidentify_keys,
                               report)
             else:
