@@ -62,13 +62,17 @@ def _through_memory_files(img):
     return img.__class__.from_file_map(file_map)
 
 
-def write_defaced(volume: Volume, raw: np.ndarray, final_path) -> None:
-    """Write ``raw`` (``defaced_raw``) behind the scan's header as stored, atomically."""
+def write_defaced(volume: Volume, raw: np.ndarray, final_path, edit_header=None) -> None:
+    """Write ``raw`` (``defaced_raw``) behind the scan's header as stored, atomically;
+    ``edit_header(header) -> header``: a changed copy of it (header text blanked for an upload
+    copy made with --deidentify-metadata)."""
     header = volume.stored_header
     if header is None:  # an image from memory: its header, with the scaling it reads with
         header = volume.img.header.copy()
         if hasattr(volume.img.dataobj, "slope"):
             header.set_slope_inter(volume.img.dataobj.slope, volume.img.dataobj.inter)
+    if edit_header is not None:
+        header = edit_header(header)
     offset_bytes = int(header.get_data_offset())
     with atomic_output(final_path) as temporary:
         with ImageOpener(temporary, "wb") as stream:

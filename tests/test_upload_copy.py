@@ -318,6 +318,38 @@ def test_the_app_makes_a_valid_copy_twice_and_its_group_level_reports_the_keys(
 
 
 @pytest.mark.slow
+def test_the_app_deidentifies_the_copy_and_redoes_a_copy_made_without_it(dataset, tmp_path, capsys):
+    """Run once without the option (header text and keys kept), then with it: the scans are
+    redone with blank header text, the keys go, and the voxels stay as they were."""
+    from deepdefacer.cli.run import main
+
+    out = tmp_path / "out"
+    image = out / f"{RUN_1}.nii.gz"
+    assert main(app(dataset, out, "--layout", "bids")) == 0
+    source = nib.load(dataset / f"{RUN_1}.nii.gz")
+    source_text = bytes(source.header["descrip"]).rstrip(b"\0")
+    kept = nib.load(image)
+    assert bytes(kept.header["descrip"]).rstrip(b"\0") == source_text
+    voxels = np.asanyarray(kept.dataobj).copy()
+    assert main(app(dataset, out, "--layout", "bids", "--deidentify-metadata")) == 0
+    assert "2 defaced, 0 already up to date" in capsys.readouterr().err
+    blanked = nib.load(image)
+    assert not deidentify.has_header_text(image)
+    np.testing.assert_array_equal(np.asanyarray(blanked.dataobj), voxels)
+    sidecar = json.loads((out / f"{RUN_1}.json").read_text())
+    assert not set(IDENTIFYING) & set(sidecar) and sidecar["AcquisitionTime"]
+    assert main(app(dataset, out, "--layout", "bids", "--deidentify-metadata")) == 0
+    assert "0 defaced, 2 already up to date" in capsys.readouterr().err
+
+
+def test_deidentify_needs_the_upload_copy(tmp_path, capsys):
+    from deepdefacer.cli.run import main
+
+    assert main([str(DEMO), str(tmp_path / "out"), "participant", "--deidentify-metadata"]) == 2
+    assert "need --layout bids" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_with_mask_from_the_derivative_sidecar_lists_the_mask_source(dataset, tmp_path):
     from deepdefacer.cli.run import main
 

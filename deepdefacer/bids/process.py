@@ -18,7 +18,7 @@ import numpy as np
 
 from deepdefacer import messages, nifti, parallel, provenance
 from deepdefacer.apply import write_defaced
-from deepdefacer.bids import outputs
+from deepdefacer.bids import deidentify, outputs
 from deepdefacer.bids.jobs import Job
 from deepdefacer.config import Settings
 from deepdefacer.errors import InputError, ModelLoadError
@@ -116,6 +116,10 @@ def _up_to_date(run: _Job, planned) -> bool:
     expected = {scan.relpath: provenance.up_to_date_key(
         identity, run.input_sha256.get(scan.relpath), run.mask_source, mask_source_sha256)
         for scan in run.job.scans}
+    if run.settings.deidentify_keys and any(
+            deidentify.has_header_text(scan_output.image) for group_output in planned
+            for scan_output in group_output.scans if scan_output.image.is_file()):
+        return False  # made without --deidentify-metadata: its header text is still there
     return outputs.is_up_to_date(planned, run.settings.layout, expected, qc=run.settings.qc)
 
 
@@ -153,7 +157,9 @@ def _deface_and_check(run: _Job, scan_output, result: JobResult) -> _Checked | N
             if not written:
                 _remove_earlier_outputs(scan_output)
                 return None
-        write_defaced(defaced.volume, defaced.raw, scan_output.image)
+        write_defaced(defaced.volume, defaced.raw, scan_output.image, edit_header=(
+            deidentify.blank_header_text if run.settings.deidentify_keys
+            and run.settings.layout == "bids" else None))
         return _Checked(scan_output, defaced, verification)
     except Exception as exc:
         failure = _failure(exc)

@@ -14,6 +14,7 @@ import sys
 import time
 
 from deepdefacer import messages
+from deepdefacer.bids.deidentify import chosen_keys
 from deepdefacer.cli.group import run_group_level
 from deepdefacer.cli.parser import build_parser
 from deepdefacer.cli.scratch import private_scratch_folder, terminate_as_interrupt
@@ -44,6 +45,11 @@ def main(argv=None) -> int:
         print(f"deepdefacer: error: --mask-from {args.mask_from} needs {args.mask_from} among "
               f"the selected suffixes (--suffix)", file=sys.stderr)
         return EXIT_USAGE
+    if (args.deidentify_metadata or args.deidentify_keys) and args.layout != "bids":
+        parser.print_usage(sys.stderr)
+        print("deepdefacer: error: --deidentify-metadata and --deidentify-keys need --layout bids "
+              "(they de-identify the upload-ready copy)", file=sys.stderr)
+        return EXIT_USAGE
     configure_logging(args)
     command_line = "deepdefacer " + shlex.join(argv)
     log.info("started %s: %s", time.strftime("%Y-%m-%dT%H:%M:%S%z"), command_line, extra=FILE_ONLY)
@@ -68,6 +74,7 @@ def main(argv=None) -> int:
 def run_participant_level(args, command_line: str) -> int:
     from deepdefacer.bids import jobs, layout_bids, outputs, process, select, validate
 
+    deidentify_keys = chosen_keys(args.deidentify_metadata, args.deidentify_keys)
     # Checks before any work: nothing is written if any of them fails.
     try:
         source_description = select.check_dataset(args.bids_dir)
@@ -100,7 +107,7 @@ def run_participant_level(args, command_line: str) -> int:
     try:
         args.output_dir.mkdir(parents=True, exist_ok=True)
         outputs.prepare_output_dataset(args.output_dir, args.bids_dir, source_description,
-                                       args.layout)
+                                       args.layout, deidentify_keys=deidentify_keys)
     except InputError as exc:
         log.error(str(exc))
         return EXIT_USAGE
@@ -119,7 +126,8 @@ def run_participant_level(args, command_line: str) -> int:
                          for group in job.groups}
         report = layout_bids.copy_dataset(args.bids_dir, args.output_dir, produced,
                                           participants, args.session_label,
-                                          include_undefaced=args.copy_undefaced_anat)
+                                          include_undefaced=args.copy_undefaced_anat,
+                                          deidentify_keys=deidentify_keys)
         log.info("copied %d file(s) of the dataset (%d already there)", report.copied,
                  report.up_to_date)
         for folder in report.left_out_folders:
