@@ -295,7 +295,7 @@ def test_killed_process_leaves_only_complete_files(dataset, tmp_path):
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     for line in process.stderr:  # kill right after the first scan is done, mid-way through
-        if line.startswith("defaced ") or time.monotonic() > deadline:
+        if "] defaced " in line or time.monotonic() > deadline:
             break
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
@@ -322,7 +322,7 @@ def test_sigterm_stops_cleanly(dataset, tmp_path):
                "01"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     for line in process.stderr:
-        if line.startswith("defaced "):
+        if "] defaced " in line:
             break
     process.send_signal(signal.SIGTERM)
     rest = process.stderr.read()
