@@ -146,8 +146,10 @@ def run_participant_level(args, command_line: str) -> int:
                                len(planned_jobs))
     for note in resources.notes:
         log.warning(note)
-    if resources.n_procs == 1 and (args.nprocs or args.omp_nthreads or resources.threads < (os.cpu_count() or 1)):
-        set_threads(resources.threads)  # before TensorFlow starts: never more than the allocation
+    if resources.n_procs == 1 and (args.nprocs or args.omp_nthreads):
+        # Only when asked: TensorFlow's thread count changes its float sums, and with it a few
+        # voxels at the mask's edge (a container and a bare run of the same scan must agree).
+        set_threads(resources.threads)  # before TensorFlow starts
     progress = Progress(len(scans), args.verbose)
     with progress_bar(len(scans), args) as bar:
         def on_result(job_result):
