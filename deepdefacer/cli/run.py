@@ -8,7 +8,6 @@ each; tracebacks only with --verbose.
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 import sys
 import time
