@@ -8,6 +8,7 @@ one screen; the steps live in the modules named after them.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -61,11 +62,13 @@ class Defaced:
     mask: np.ndarray
     details: dict
 
-    @property
+    @cached_property
     def image(self):
+        """Built once: the face check and the QC both read it (a scaled scan is serialised once
+        in memory to build it)."""
         return defaced_image(self.volume, self.raw)
 
-    @property
+    @cached_property
     def mask_image(self):
         return mask_image(self.mask, self.volume.img)
 
