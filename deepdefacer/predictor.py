@@ -115,6 +115,24 @@ def import_tensorflow():
     return tf
 
 
+# The network's threads on a CPU, whatever the machine or the number of parallel processes: how
+# many threads share a convolution changes the order of its float sums, and with it a few voxels
+# at the mask's edge. Fixed, a scan gets the same mask on a laptop, on a 64-core node and in any
+# number of worker processes; the network sees a 48^3 cube, so one thread costs little
+# (docs/throughput.md), and the run uses the other CPUs with parallel processes.
+INFERENCE_THREADS = 1
+
+
+def pin_cpu_threads(tf) -> None:
+    """TensorFlow's intra- and inter-op threads: INFERENCE_THREADS and 1; before any op runs."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(INFERENCE_THREADS)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already started in this process (e.g. training code)
+        if tf.config.threading.get_intra_op_parallelism_threads() != INFERENCE_THREADS:
+            raise
+
+
 def configure_device(device: str = "auto") -> str:
     """Pick TensorFlow's device before any op runs; return what will be used."""
     if device not in ("auto", "cpu", "gpu"):
@@ -124,6 +142,7 @@ def configure_device(device: str = "auto") -> str:
         # Hiding the GPU must happen before TensorFlow initialises it.
         os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
     tf = import_tensorflow()
+    pin_cpu_threads(tf)
 
     gpus = tf.config.list_physical_devices("GPU")
     if device == "gpu" and not gpus:
