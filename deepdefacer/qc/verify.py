@@ -22,7 +22,7 @@ import numpy as np
 from deepdefacer.qc.facecheck import (RIDGE_MIN_LENGTH_MM, FaceEvidence, face_evidence,
                                       proper_rotations, rotated)
 from deepdefacer.qc.render import depth_map
-from deepdefacer.qc.volume import RasVolume, ras_volume
+from deepdefacer.qc.volume import RasVolume, ras_intensity, ras_volume, with_threshold
 
 HEADER_VIEW = ((0, 1, 2), (False, False, False))
 # The same front seen upside down: a face upside down is still a face, and the two views of
@@ -75,9 +75,9 @@ def verify_defacing(original_img, defaced_img, mask) -> Verification:
     # original was, so the two differ only by the mask) and at its own (what anyone rendering the
     # shared file sees: removing the face moves the threshold, and a remnant can show on one
     # surface only, docs/qc.md).
-    surfaces = [same_shape(volume, original.intensity.shape) for volume in (
-        ras_volume(defaced_img, voxel_mm=original.voxel_mm, threshold=original.threshold),
-        ras_volume(defaced_img, voxel_mm=original.voxel_mm))]
+    intensity, voxel_mm = ras_intensity(defaced_img, original.voxel_mm)
+    surfaces = [same_shape(with_threshold(intensity, voxel_mm, threshold), original.intensity.shape)
+                for threshold in (original.threshold, None)]
     remnant_mm = min(RIDGE_MIN_LENGTH_MM, REMNANT_FRACTION * before.nose_length_mm)
     after, view = face_left(surfaces, views, remnant_mm)
     volumes = (original, surfaces[0])

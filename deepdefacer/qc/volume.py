@@ -128,6 +128,13 @@ def head_mask(intensity: np.ndarray, threshold: float, voxel_mm: float) -> np.nd
 
 def ras_volume(img, voxel_mm: float | None = None, threshold: float | None = None) -> RasVolume:
     """Load an image onto the QC grid (RAS, isotropic) and find the head on it."""
+    intensity, voxel_mm = ras_intensity(img, voxel_mm)
+    return with_threshold(intensity, voxel_mm, threshold)
+
+
+def ras_intensity(img, voxel_mm: float | None = None) -> tuple[np.ndarray, float]:
+    """An image's intensity on the QC grid (RAS, isotropic, lightly smoothed) and the grid's
+    voxel size; the one expensive step of ras_volume, done once for several thresholds."""
     ras = as_ras(img)
     voxel_in = voxel_sizes_mm(ras.affine)
     if voxel_mm is None:
@@ -136,7 +143,11 @@ def ras_volume(img, voxel_mm: float | None = None, threshold: float | None = Non
     data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
     intensity = resample_isotropic(data, voxel_in, voxel_mm)
     # Mild smoothing so the surface follows the skin, not the noise.
-    intensity = ndimage.gaussian_filter(intensity, sigma=0.7)
+    return ndimage.gaussian_filter(intensity, sigma=0.7), float(voxel_mm)
+
+
+def with_threshold(intensity: np.ndarray, voxel_mm: float, threshold: float | None = None) -> RasVolume:
+    """The head on a QC-grid intensity at ``threshold`` (default: the intensity's own)."""
     if threshold is None:
         threshold = head_threshold(intensity)
     return RasVolume(intensity=intensity, voxel_mm=float(voxel_mm), head=head_mask(intensity, threshold, voxel_mm),
