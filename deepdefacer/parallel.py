@@ -1,7 +1,8 @@
 """Run jobs in this process or in a pool of worker processes, and stop them all at once.
 
 Each worker has its own copy of the model and an equal share of the CPUs this process may use:
-TensorFlow reads its thread counts when it starts, so they are set before it is imported.
+OpenMP and OpenBLAS read their thread counts when they start, so they are set in the worker
+before anything is imported.
 """
 
 from __future__ import annotations
@@ -14,9 +15,15 @@ from dataclasses import dataclass
 from deepdefacer.errors import ModelLoadError
 
 
-# What one process needs at most: 0.95 GB measured on a 256x256x176 1 mm scan (docs/benchmark.md),
-# with headroom for larger fields of view.
-PEAK_GB_PER_PROCESS = 1.5
+# What one worker process needs at most: two of them peaked at 3.25 GB together on 256^3 1 mm
+# scans (docs/hpc.md); and the main process, which holds the dataset's index and the results.
+PEAK_GB_PER_PROCESS = 1.6
+MAIN_PROCESS_GB = 0.4
+
+
+def processes_for_memory(memory_gb: float) -> int:
+    """How many worker processes fit in ``memory_gb`` (at least one)."""
+    return max(1, int((memory_gb - MAIN_PROCESS_GB) // PEAK_GB_PER_PROCESS))
 
 
 @dataclass(frozen=True)
@@ -28,22 +35,35 @@ class Resources:
     notes: tuple = ()  # what was changed from the request, and why
 
 
-def plan_resources(n_procs: int = 1, total_cpus: int | None = None, threads: int | None = None,
+def plan_resources(n_procs: int | None = None, total_cpus: int | None = None, threads: int | None = None,
                    mem_gb: float | None = None, jobs: int | None = None) -> Resources:
     """nipreps' --nprocs (CPUs for the run), --omp-nthreads (threads a process) and --mem, with
-    Deepdefacer's --n-procs (parallel processes), never beyond the CPUs this process may use."""
+    Deepdefacer's --n-procs (parallel processes), never beyond the CPUs this process may use.
+
+    Without --n-procs: a process a CPU (or a process a --omp-nthreads threads), as many as the
+    memory holds (``mem_gb``, else what the allocation or the machine has: available_memory_gb),
+    and no more than there are jobs. Most of
+    a scan's work (loading, the atlas registration, the face check, gzip) runs on one core, so
+    parallel scans, not threads, use a machine's CPUs."""
     notes = []
     cpus = usable_cpus()
     total = min(total_cpus or cpus, cpus)
     if total_cpus and total_cpus > cpus:
         notes.append(f"--nprocs {total_cpus}: this process may use {cpus} CPUs")
+    if n_procs is None:
+        n_procs = total // threads if threads else total
+        memory = mem_gb if mem_gb is not None else available_memory_gb()
+        if memory is not None:
+            n_procs = min(n_procs, processes_for_memory(memory))
+        n_procs = max(1, n_procs)
+    elif mem_gb is not None and processes_for_memory(mem_gb) < n_procs:
+        fitting = processes_for_memory(mem_gb)
+        needed = n_procs * PEAK_GB_PER_PROCESS + MAIN_PROCESS_GB
+        notes.append(f"--n-procs {n_procs} needs ~{needed:g} GB, more than --mem {mem_gb:g} GB: "
+                     f"{fitting} process(es)")
+        n_procs = fitting
     if jobs is not None:
         n_procs = max(1, min(n_procs, jobs))
-    if mem_gb is not None and n_procs * PEAK_GB_PER_PROCESS > mem_gb:
-        fitting = max(1, int(mem_gb // PEAK_GB_PER_PROCESS))
-        notes.append(f"--n-procs {n_procs} needs ~{n_procs * PEAK_GB_PER_PROCESS:g} GB, more than "
-                     f"--mem {mem_gb:g} GB: {fitting} process(es)")
-        n_procs = fitting
     per_process = max(1, total // n_procs)
     if threads is not None:
         per_process = threads
@@ -51,6 +71,47 @@ def plan_resources(n_procs: int = 1, total_cpus: int | None = None, threads: int
             notes.append(f"{n_procs} process(es) x --omp-nthreads {threads} is more than the "
                          f"{total} CPUs")
     return Resources(n_procs, per_process, tuple(notes))
+
+
+def available_memory_gb() -> float | None:
+    """The memory this run may use: a SLURM job's (SLURM_MEM_PER_NODE, or SLURM_MEM_PER_CPU times
+    the CPUs), a container's cgroup limit, and the machine's available memory, whichever is
+    least; None when none of them can be read."""
+    limits = []
+    per_node, per_cpu = os.environ.get("SLURM_MEM_PER_NODE", ""), os.environ.get("SLURM_MEM_PER_CPU", "")
+    if per_node.isdigit() and int(per_node) > 0:
+        limits.append(int(per_node) / 1024)  # megabytes
+    elif per_cpu.isdigit() and int(per_cpu) > 0:
+        limits.append(int(per_cpu) * usable_cpus() / 1024)
+    for path, scale in (("/sys/fs/cgroup/memory.max", 2**30),  # cgroup v2
+                        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", 2**30)):  # cgroup v1
+        value = _read_number(path)
+        if value is not None and value < 2**60:  # "max" or a huge number: no limit
+            limits.append(value / scale)
+            break
+    available = _meminfo_kb("MemAvailable")
+    if available is not None:
+        limits.append(available / 2**20)
+    return min(limits) if limits else None
+
+
+def _read_number(path: str) -> int | None:
+    try:
+        text = open(path).read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _meminfo_kb(key: str) -> int | None:
+    try:
+        for line in open("/proc/meminfo"):
+            name, _, value = line.partition(":")
+            if name == key:
+                return int(value.split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def run_all(function, jobs, settings, n_procs: int = 1, on_result=None, on_worker_failure=None,
@@ -111,14 +172,12 @@ def usable_cpus() -> int:
 
 
 def set_threads(threads: int) -> None:
-    """TensorFlow's and OpenMP's threads in this process; read when TensorFlow starts."""
-    for variable in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
+    """OpenMP's and OpenBLAS's threads in this process, read when they start. (The network's
+    threads are fixed: deepdefacer.predictor.INFERENCE_THREADS.)"""
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[variable] = str(threads)
 
 
 def _init_worker(threads: int) -> None:
-    # TensorFlow's and OpenMP's threads per worker (the atlas guard's registration is numpy).
-    for variable in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
-        os.environ[variable] = str(threads)
-    os.environ["TF_NUM_INTEROP_THREADS"] = "1"
+    set_threads(threads)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

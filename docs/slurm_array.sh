@@ -19,8 +19,8 @@
 #   DEEPDEFACER_SIF      the Apptainer/Singularity image (default ./deepdefacer.sif)
 #   DEEPDEFACER_CMD      run this command instead of the image, e.g. a virtual environment's
 #                        /opt/deepdefacer-venv/bin/deepdefacer (no container)
-#   DEEPDEFACER_NPROCS   --n-procs, scans defaced in parallel in a task (default 1: one process using
-#                        all the task's CPUs; each more process needs about 1.3 GB more --mem)
+#   DEEPDEFACER_NPROCS   --n-procs, scans defaced in parallel in a task (default: the app's choice,
+#                        a process a CPU of the task, as many as --mem holds at ~1.5 GB each)
 #   DEEPDEFACER_GPU=1    run on a GPU (add e.g. --gres=gpu:1, and use an image built with VARIANT=gpu)
 #   DEEPDEFACER_ARGS     more options for deepdefacer (e.g. "--layout bids" or "--mask-from T1w")
 #   DEEPDEFACER_MAX_RUNNING  tasks running at once (default 50)
@@ -87,19 +87,20 @@ read -r -a participants <<< "$labels"
 mkdir -p "$output_dir"
 
 cpus=${SLURM_CPUS_PER_TASK:-1}
-n_procs=${DEEPDEFACER_NPROCS:-1}
-threads=$((cpus / n_procs > 0 ? cpus / n_procs : 1))
-export OMP_NUM_THREADS=$threads TF_NUM_INTRAOP_THREADS=$threads
+# Processes and threads: the app sizes them from the task's CPUs (its affinity and
+# SLURM_CPUS_PER_TASK) and memory (SLURM_MEM_PER_NODE), unless DEEPDEFACER_NPROCS says.
+n_procs=(--nprocs "$cpus")
+[ -n "${DEEPDEFACER_NPROCS:-}" ] && n_procs+=(--n-procs "$DEEPDEFACER_NPROCS")
 device=cpu
 [ "${DEEPDEFACER_GPU:-0}" = 1 ] && device=gpu
-echo "task $SLURM_ARRAY_TASK_ID: ${participants[*]} on $(hostname), $cpus CPUs, $n_procs process(es), device $device"
+echo "task $SLURM_ARRAY_TASK_ID: ${participants[*]} on $(hostname), $cpus CPUs, device $device"
 
 started=$(date +%s%N)
 status=0
 if [ -n "${DEEPDEFACER_CMD:-}" ]; then
   # shellcheck disable=SC2086  # DEEPDEFACER_CMD and DEEPDEFACER_ARGS: words split on purpose
   $DEEPDEFACER_CMD "$bids_dir" "$output_dir" participant --participant-label "${participants[@]}" \
-    --skip-bids-validation --n-procs "$n_procs" --device "$device" ${DEEPDEFACER_ARGS:-} || status=$?
+    --skip-bids-validation "${n_procs[@]}" --device "$device" ${DEEPDEFACER_ARGS:-} || status=$?
 else
   gpu_options=()
   [ "$device" = gpu ] && gpu_options=(--nv)
@@ -108,10 +109,10 @@ else
   trap 'rm -rf "$scratch"' EXIT
   # shellcheck disable=SC2086
   apptainer run --cleanenv --containall "${gpu_options[@]}" \
-    --env SLURM_CPUS_PER_TASK="$cpus",OMP_NUM_THREADS="$threads",TF_NUM_INTRAOP_THREADS="$threads" \
+    --env SLURM_CPUS_PER_TASK="$cpus",SLURM_MEM_PER_NODE="${SLURM_MEM_PER_NODE:-}",SLURM_MEM_PER_CPU="${SLURM_MEM_PER_CPU:-}" \
     -B "$bids_dir":/bids:ro -B "$output_dir":/out -B "$scratch":/tmp \
     "${DEEPDEFACER_SIF:-deepdefacer.sif}" /bids /out participant --participant-label "${participants[@]}" \
-    --skip-bids-validation --n-procs "$n_procs" --device "$device" ${DEEPDEFACER_ARGS:-} || status=$?
+    --skip-bids-validation "${n_procs[@]}" --device "$device" ${DEEPDEFACER_ARGS:-} || status=$?
 fi
 elapsed=$((($(date +%s%N) - started) / 1000000))
 printf 'task %s: deepdefacer took %d.%03d s, exit %d\n' "$SLURM_ARRAY_TASK_ID" \

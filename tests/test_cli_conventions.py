@@ -78,9 +78,35 @@ def test_resources_follow_nipreps_names_within_the_allocation(monkeypatch):
     planned = parallel.plan_resources(1, total_cpus=32)  # more than the allocation
     assert planned.threads == 8 and "may use 8 CPUs" in planned.notes[0]
     assert parallel.plan_resources(4, threads=1).threads == 1
-    tight = parallel.plan_resources(4, mem_gb=3.5)
-    assert tight.n_procs == 2 and "--mem 3.5 GB" in tight.notes[0]
+    tight = parallel.plan_resources(4, mem_gb=4)
+    assert tight.n_procs == 2 and "--mem 4 GB" in tight.notes[0]
     assert parallel.plan_resources(4, jobs=1).n_procs == 1  # no idle processes
+
+
+def test_without_n_procs_a_process_a_cpu_as_memory_and_jobs_allow(monkeypatch):
+    monkeypatch.setattr(parallel, "usable_cpus", lambda: 8)
+    monkeypatch.setattr(parallel, "available_memory_gb", lambda: 24.0)
+    assert parallel.plan_resources() == parallel.Resources(8, 1)
+    assert parallel.plan_resources(jobs=3) == parallel.Resources(3, 2)
+    assert parallel.plan_resources(threads=2) == parallel.Resources(4, 2)
+    assert parallel.plan_resources(total_cpus=2).n_procs == 2
+    assert parallel.plan_resources(mem_gb=4).n_procs == 2  # 0.4 GB + 2 x 1.6 GB
+    monkeypatch.setattr(parallel, "available_memory_gb", lambda: 3.0)
+    assert parallel.plan_resources() == parallel.Resources(1, 8)
+    assert parallel.plan_resources(2).n_procs == 2  # asked for: kept (no --mem given)
+
+
+def test_memory_comes_from_the_slurm_allocation(monkeypatch):
+    monkeypatch.setattr(parallel, "usable_cpus", lambda: 2)
+    monkeypatch.delenv("SLURM_MEM_PER_CPU", raising=False)
+    monkeypatch.setenv("SLURM_MEM_PER_NODE", "4096")
+    assert parallel.available_memory_gb() <= 4.0
+    assert parallel.plan_resources().n_procs == 2
+    monkeypatch.setenv("SLURM_MEM_PER_NODE", "3072")  # 3G: two processes would not fit
+    assert parallel.plan_resources().n_procs == 1
+    monkeypatch.delenv("SLURM_MEM_PER_NODE")
+    monkeypatch.setenv("SLURM_MEM_PER_CPU", "1024")
+    assert parallel.available_memory_gb() <= 2.0
 
 
 def dataset_with_a_bad_participant(tmp_path) -> Path:

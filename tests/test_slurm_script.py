@@ -28,7 +28,6 @@ def env(tmp_path):
                             f'echo "$DEEPDEFACER_SCRIPT" > {tmp_path}/sbatch.script\necho "42;cluster"\n')
     fake(bin_dir, "scontrol", 'echo "   Command=/home/user/slurm_array.sh"\n')
     fake(bin_dir, "deepdefacer", f'printf "%s\\n" "$@" > {tmp_path}/app.args\n'
-                                 f'echo "$OMP_NUM_THREADS $TF_NUM_INTRAOP_THREADS" > {tmp_path}/app.threads\n'
                                  'exit "${FAKE_STATUS:-0}"\n')
     environment = {key: value for key, value in os.environ.items()
                    if not key.startswith(("SLURM_", "DEEPDEFACER_", "CHUNK"))}
@@ -76,9 +75,12 @@ def test_task_runs_its_chunk_in_one_call(tmp_path, env):
     assert args[:5] == [str(tmp_path / "bids"), str(tmp_path / "out"), "participant",
                         "--participant-label", "sub-03"]
     assert args[5] == "sub-04" and args.count("--participant-label") == 1
-    assert args[args.index("--n-procs") + 1] == "1"
+    assert args[args.index("--nprocs") + 1] == "2" and "--n-procs" not in args  # the app sizes it
     assert "--skip-bids-validation" in args
-    assert (tmp_path / "app.threads").read_text().split() == ["2", "2"]
+    two = run(["bids", "out", str(tasks)], env, tmp_path, **slurm, DEEPDEFACER_NPROCS="2")
+    assert two.returncode == 0, two.stderr
+    args = (tmp_path / "app.args").read_text().splitlines()
+    assert args[args.index("--n-procs") + 1] == "2"
     assert "task 2: deepdefacer took" in done.stdout and "exit 0" in done.stdout
 
     failed = run(["bids", "out", str(tasks)], env, tmp_path, **slurm, FAKE_STATUS="1")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepdefacer import messages, nifti, parallel, provenance
+from deepdefacer import messages, nifti, provenance
 from deepdefacer.apply import write_defaced
 from deepdefacer.bids import deidentify, outputs
 from deepdefacer.bids.jobs import Job
@@ -82,8 +82,7 @@ def process_job(job: Job, settings: Settings, defacer=None) -> JobResult:
         reference = nifti.load_volume(job.reference.path)
         run.input_sha256 = _input_checksums(job)
         if not settings.overwrite and _up_to_date(run, planned):
-            result.scans = [ScanResult(scan.relpath, SKIPPED, "up to date") for scan in job.scans]
-            return result
+            return skipped(job)
         # Only now that a scan needs work: TensorFlow and the model take seconds to load.
         run.defacer = run.defacer or load_defacer(settings.device, settings.atlas_guard)
         run.reference = run.defacer.deface_volume(reference)
@@ -97,6 +96,21 @@ def process_job(job: Job, settings: Settings, defacer=None) -> JobResult:
         if checked:
             _finish_group(run, group_output, checked, result)
     return result
+
+
+def job_up_to_date(job: Job, settings: Settings) -> bool:
+    """Whether every output of ``job`` is there and up to date; no TensorFlow (a finished job
+    needs no worker process)."""
+    run = _Job(job, settings, time.monotonic(), _input_checksums(job),
+               outputs.source_uri(job.reference.relpath, settings.layout))
+    try:
+        return _up_to_date(run, outputs.plan_outputs(job, settings.output_dir, settings.layout))
+    except Exception:  # e.g. an unreadable input: its job reports it
+        return False
+
+
+def skipped(job: Job) -> JobResult:
+    return JobResult(job.label, [ScanResult(scan.relpath, SKIPPED, "up to date") for scan in job.scans])
 
 
 def _input_checksums(job: Job) -> dict:
@@ -279,17 +293,3 @@ def _failure(exc: BaseException) -> _Failure:
     if isinstance(exc, InputError):
         return _Failure(exc.reason)
     return _Failure(messages.unexpected(exc), traceback.format_exc())
-
-
-def run_jobs(jobs, settings: Settings, n_procs: int = 1, on_result=None, defacer=None,
-             threads: int | None = None):
-    """Run jobs (``n_procs`` > 1: in that many worker processes), calling on_result(JobResult) as
-    each finishes; returns the list of results."""
-    def worker_failed(job, exc):
-        return JobResult(job.label, [ScanResult(scan.relpath, FAILED,
-                                                f"worker process failed: {exc!r}")
-                                     for scan in job.scans])
-
-    keywords = {"defacer": defacer} if defacer is not None else {}
-    return parallel.run_all(process_job, jobs, settings, n_procs, on_result, worker_failed,
-                            threads, **keywords)

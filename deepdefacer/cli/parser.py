@@ -192,9 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
                                          "it (e.g. across the tasks of a SLURM array); it is "
                                          "reused as it is: remove it when the dataset changes")
     resources = parser.add_argument_group("resources (nipreps' names)")
-    resources.add_argument("--n-procs", "--n_procs", type=positive_int, default=1, metavar="N",
+    resources.add_argument("--n-procs", "--n_procs", type=positive_int, metavar="N",
                            help="scans defaced in parallel, each process with its own copy of "
-                                "the model (default 1)")
+                                "the model (default: a process a CPU, as many as the memory "
+                                "holds at ~1.6 GB each, no more than there are jobs)")
     resources.add_argument("--nprocs", "--nthreads", "--n-cpus", "--n_cpus", type=positive_int,
                            metavar="N", help="CPUs for the whole run, shared among the processes "
                                              "(default: those this process may use: its affinity "

@@ -71,7 +71,7 @@ def main(argv=None) -> int:
 
 
 def run_participant_level(args, command_line: str) -> int:
-    from deepdefacer.bids import jobs, layout_bids, outputs, process, select, validate
+    from deepdefacer.bids import dispatch, jobs, layout_bids, outputs, select, validate
 
     deidentify_keys = chosen_keys(args.deidentify_metadata, args.deidentify_keys)
     # Checks before any work: nothing is written if any of them fails.
@@ -146,10 +146,8 @@ def run_participant_level(args, command_line: str) -> int:
     for note in resources.notes:
         log.warning(note)
     if resources.n_procs == 1 and (args.nprocs or args.omp_nthreads):
-        # Only when asked: TensorFlow's thread count changes its float sums, and with it a few
-        # voxels at the mask's edge (a container and a bare run of the same scan must agree).
-        set_threads(resources.threads)  # before TensorFlow starts
-    progress = Progress(len(scans), args.verbose)
+        set_threads(resources.threads)  # OpenMP and OpenBLAS; workers set their own
+    progress = Progress(len(scans), args.verbose, resources.n_procs)
     with progress_bar(len(scans), args) as bar:
         def on_result(job_result):
             for scan_result in job_result.scans:
@@ -158,7 +156,7 @@ def run_participant_level(args, command_line: str) -> int:
             results.append(job_result)
 
         try:
-            process.run_jobs(planned_jobs, settings, n_procs=resources.n_procs,
+            dispatch.run_jobs(planned_jobs, settings, n_procs=resources.n_procs,
                              on_result=on_result, threads=resources.threads)
         except ModelLoadError as exc:
             log.error(str(exc))

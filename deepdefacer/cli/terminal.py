@@ -20,8 +20,9 @@ class Progress:
     """One line a scan, numbered ``[i/N]`` with an estimate of the time left (a SLURM or docker
     log has no progress bar), and the run's summary with its elapsed time."""
 
-    def __init__(self, total: int, verbose: bool = False):
+    def __init__(self, total: int, verbose: bool = False, processes: int = 1):
         self.total, self.verbose, self.done = total, verbose, 0
+        self.processes = max(1, processes)  # scans defaced at a time
         self.started = time.monotonic()
         self.work_seconds, self.worked = 0.0, 0  # scans that needed work, for the estimate
 
@@ -47,7 +48,8 @@ class Progress:
         left = self.total - self.done
         if not left or not self.worked:
             return ""
-        return f", about {_duration(left * self.work_seconds / self.worked)} left"
+        per_scan = self.work_seconds / self.worked / min(self.processes, left)
+        return f", about {_duration(left * per_scan)} left"
 
     def elapsed(self) -> str:
         return _duration(time.monotonic() - self.started)
