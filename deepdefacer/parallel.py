@@ -179,5 +179,18 @@ def set_threads(threads: int) -> None:
 
 
 def _init_worker(threads: int) -> None:
+    _die_with_parent()
     set_threads(threads)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _die_with_parent() -> None:
+    """Linux: this worker is killed when the run's main process dies (kill -9 of the run from a
+    shell), instead of going on as an orphan; its hidden temporaries are removed by the next run."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        pass

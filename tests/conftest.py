@@ -22,14 +22,15 @@ os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)
-def in_process_runs_stay_in_this_process(monkeypatch):
+def in_process_runs_stay_in_this_process(request, monkeypatch):
     """A run started in the test's process (``main([...])``) counts one CPU, so without --n-procs
     it defaces in this process, where the test's monkeypatches apply (worker processes would not
     see them). Runs in subprocesses keep the default, a process a CPU; tests/test_parallel_default.py
-    compares that default with one process."""
+    compares that default with one process. Tests marked ``real_cpus`` count the real ones."""
     from deepdefacer import parallel
 
-    monkeypatch.setattr(parallel, "usable_cpus", lambda: 1)
+    if request.node.get_closest_marker("real_cpus") is None:
+        monkeypatch.setattr(parallel, "usable_cpus", lambda: 1)
 
 
 @pytest.fixture(scope="session")

@@ -268,6 +268,7 @@ def test_hidden_temporaries_only(tmp_path):
     assert os.path.basename(temporary).endswith(".nii.gz")
 
 
+@pytest.mark.real_cpus
 def test_threads_follow_the_cpus_this_process_may_use(monkeypatch):
     """A SLURM task or container gets a few CPUs of a large node: threads are sized from them."""
     from deepdefacer import parallel
