@@ -12,7 +12,7 @@ from functools import cached_property
 
 import numpy as np
 
-from deepdefacer import atlas, atlas_fit
+from deepdefacer import atlas, atlas_fit, reface
 from deepdefacer.apply import defaced_image, defaced_raw, mask_image
 from deepdefacer.conform import background_intensity, conform, head_box_ras, plausible_affine
 from deepdefacer.mask import Prediction, face_mask, union_of_masks
@@ -21,52 +21,89 @@ from deepdefacer.predictor import Predictor, shared_predictor
 from deepdefacer.provenance import decision_record
 
 
+MODES = ("deface", "reface")  # the face's voxels take the air's value, or an average face
+
+
 @dataclass(frozen=True)
 class Defacer:
-    """The method's settings: the network (weights + card) and whether the atlas guard runs."""
+    """The method's settings: the network (weights + card), whether the atlas guard runs, and
+    what the face's voxels become (``mode``)."""
 
     predictor: Predictor
     atlas_guard: bool = True  # also guard an average brain registered to the scan (deepdefacer.atlas)
+    mode: str = "deface"
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.mode == "reface" and not self.atlas_guard:
+            raise ValueError("refacing places its face with the atlas guard's registration: "
+                             "it cannot run with the atlas guard off")
 
     @property
     def decision(self) -> dict:
         """The post-processing settings (recorded in every output's provenance)."""
         return decision_record(self.predictor.thresholds, self.predictor.mirror_average,
-                               self.atlas_guard)
+                               self.atlas_guard, self.mode)
 
     def deface(self, img):
         return deface(img, self)
 
     def deface_volume(self, volume: Volume) -> Defaced:
         """The face removed from one scan (what the BIDS App and ``deepdeface`` call)."""
-        mask, details = face_mask_of(volume.data, volume.affine, self, volume.name)
-        return apply_face_mask(volume, mask, details)
+        mask, details, to_atlas = face_mask_of(volume.data, volume.affine, self, volume.name)
+        return self.finish(apply_face_mask(volume, mask, details, to_atlas))
+
+    def with_mask(self, volume: Volume, mask: np.ndarray, reference: Defaced) -> Defaced:
+        """Another scan of the same session defaced with ``reference``'s mask carried onto its
+        grid (``mask``), refaced with the reference's fit in reface mode."""
+        return self.finish(apply_face_mask(volume, mask, {}, reference.scanner_to_atlas))
+
+    def finish(self, defaced: Defaced) -> Defaced:
+        """In reface mode, the written values of the masked voxels from the average face."""
+        return refaced(defaced) if self.mode == "reface" else defaced
 
     def deface_with_details(self, img):
         return deface_with_details(img, self)
 
 
-def load_defacer(device: str = "auto", atlas_guard: bool = True) -> Defacer:
+def load_defacer(device: str = "auto", atlas_guard: bool = True, mode: str = "deface") -> Defacer:
     """The shipped model (loaded once per process and device) with the atlas guard on or off."""
     if atlas_guard:
         atlas.require_atlas()
-    return Defacer(shared_predictor(device), atlas_guard)
+    if mode == "reface":
+        reface.require_template()
+    return Defacer(shared_predictor(device), atlas_guard, mode)
 
 
 @dataclass(frozen=True)
 class Defaced:
-    """One scan with its face removed: stored values, the mask (True = removed), the details."""
+    """One scan with its face removed: stored values, the mask (True = removed), the details.
+
+    ``raw`` holds the air's value in the mask: the face check judges it. ``refaced_raw``, in
+    reface mode, holds the average face there instead; ``written_raw`` is what is written."""
 
     volume: Volume
     raw: np.ndarray
     mask: np.ndarray
     details: dict
+    scanner_to_atlas: np.ndarray | None = None  # the atlas guard's trusted fit (scanner -> atlas world)
+    refaced_raw: np.ndarray | None = None
+
+    @property
+    def written_raw(self) -> np.ndarray:
+        return self.raw if self.refaced_raw is None else self.refaced_raw
 
     @cached_property
     def image(self):
         """Built once: the face check and the QC both read it (a scaled scan is serialised once
         in memory to build it)."""
         return defaced_image(self.volume, self.raw)
+
+    @cached_property
+    def written_image(self):
+        """The image as written (the refaced one in reface mode)."""
+        return self.image if self.refaced_raw is None else defaced_image(self.volume, self.refaced_raw)
 
     @cached_property
     def mask_image(self):
@@ -87,13 +124,25 @@ def deface_with_details(img, defacer: Defacer | None = None):
     """``deface()``, plus what the provenance records about this image (``face_mask_of``)."""
     defacer = defacer or load_defacer()
     done = defacer.deface_volume(img if isinstance(img, Volume) else read_volume(img))
-    return done.image, done.mask_image, done.details
+    return done.written_image, done.mask_image, done.details
 
 
-def apply_face_mask(volume: Volume, mask: np.ndarray, details: dict | None = None) -> Defaced:
+def apply_face_mask(volume: Volume, mask: np.ndarray, details: dict | None = None,
+                    scanner_to_atlas: np.ndarray | None = None) -> Defaced:
     """The masked voxels take the air's value in the stored encoding; nothing else changes."""
     raw = defaced_raw(volume, mask, background_intensity(volume.data))
-    return Defaced(volume, raw, np.asarray(mask, bool).reshape(volume.raw.shape), details or {})
+    return Defaced(volume, raw, np.asarray(mask, bool).reshape(volume.raw.shape), details or {},
+                   scanner_to_atlas)
+
+
+def refaced(defaced: Defaced) -> Defaced:
+    """``defaced`` with the average face written into its mask (``deepdefacer.reface``); without
+    a trusted atlas fit, defaced as it is, and its details say why (the QC flags it)."""
+    if defaced.scanner_to_atlas is None:
+        reason = "the atlas guard's registration was not trusted for this scan"
+        return replace(defaced, details={**defaced.details, "Mode": "deface", "RefaceFallback": reason})
+    values = reface.refaced_raw(defaced.volume, defaced.raw, defaced.mask, defaced.scanner_to_atlas)
+    return replace(defaced, refaced_raw=values, details={**defaced.details, "Mode": "reface"})
 
 
 def face_mask_of(data: np.ndarray, affine: np.ndarray, defacer: Defacer, name: str = "<image>"):
@@ -108,7 +157,7 @@ def face_mask_of(data: np.ndarray, affine: np.ndarray, defacer: Defacer, name: s
     assumed_affine, scale = plausible_affine(data, affine, box)
     if scale != 1.0:
         return _face_mask_of_uncertain_size(data, affine, assumed_affine, scale, defacer, name)
-    affine, details = assumed_affine, {}
+    header_affine, affine, details = affine, assumed_affine, {}
     prediction, guard = predict_and_guard(data, affine, defacer, box, name)
     raised, raised_mm = atlas_fit.crown_box(guard, data, affine, box, name)
     if raised is not None:  # the same fit's brain on the raised cube: only the network runs again
@@ -118,7 +167,16 @@ def face_mask_of(data: np.ndarray, affine: np.ndarray, defacer: Defacer, name: s
     t = defacer.predictor.thresholds
     mask = face_mask(prediction, t.face, t.brain, t.brain_margin_mm, t.face_dilate_mm,
                      t.growth_margin_mm, t.edge_mm)
-    return mask, {**details, **guard_record(guard)}
+    return mask, {**details, **guard_record(guard)}, scanner_to_atlas(guard, affine, header_affine)
+
+
+def scanner_to_atlas(guard, affine: np.ndarray, header_affine: np.ndarray):
+    """The guard's fit as a map of the scanner's world (the header's) to the atlas's, when it
+    was trusted; its fit is of the scan on ``affine`` (the header's, or one with plausible voxel
+    sizes)."""
+    if guard is None or not guard.used or guard.world is None:
+        return None
+    return guard.world @ np.asarray(affine, float) @ np.linalg.inv(np.asarray(header_affine, float))
 
 
 def _face_mask_of_uncertain_size(data, header_affine, assumed_affine, scale: float,
@@ -141,7 +199,9 @@ def _face_mask_of_uncertain_size(data, header_affine, assumed_affine, scale: flo
     # The provenance reports a guard that was not used, if any (flagged in QC), else the last.
     guards = [guard for _, guard in results]
     guard = next((g for g in guards if g is not None and not g.used), guards[-1])
-    return mask, {**details, **guard_record(guard)}
+    fit = next((scanner_to_atlas(g, a, header_affine) for g, a in zip(guards, affines)
+                if scanner_to_atlas(g, a, header_affine) is not None), None)
+    return mask, {**details, **guard_record(guard)}, fit
 
 
 def predict_and_guard(data: np.ndarray, affine: np.ndarray, defacer: Defacer, box=None,

@@ -32,10 +32,11 @@ def version() -> str:
         return version_file.read_text().strip() if version_file.exists() else "unknown"
 
 
-def decision_record(thresholds: Thresholds, mirror_average: bool, atlas_guard: bool) -> dict:
+def decision_record(thresholds: Thresholds, mirror_average: bool, atlas_guard: bool,
+                    mode: str = "deface") -> dict:
     """The post-processing settings as the provenance records them (and the up-to-date check
-    compares them)."""
-    return {"FaceThreshold": thresholds.face, "FaceGrowthMM": thresholds.face_dilate_mm,
+    compares them): a scan defaced in another mode is redone."""
+    return {"Mode": mode, "FaceThreshold": thresholds.face, "FaceGrowthMM": thresholds.face_dilate_mm,
             "BrainThreshold": thresholds.brain, "BrainMarginMM": thresholds.brain_margin_mm,
             "GrowthBrainMarginMM": thresholds.growth_margin_mm,
             "FieldOfViewEdgeMM": thresholds.edge_mm, "LeftRightMirrorAverage": mirror_average,
@@ -61,18 +62,18 @@ class ModelIdentity:
 _IDENTITIES: dict = {}
 
 
-def method_identity(atlas_guard: bool = True,
-                    model_path: str | os.PathLike | None = None) -> ModelIdentity:
+def method_identity(atlas_guard: bool = True, model_path: str | os.PathLike | None = None,
+                    mode: str = "deface") -> ModelIdentity:
     """The shipped model's (or ``model_path``'s) identity, read once per process without
     TensorFlow; an unreadable model or card is a ModelLoadError."""
-    key = (atlas_guard, model_path)
+    key = (atlas_guard, model_path, mode)
     if key not in _IDENTITIES:
         try:
             path = Path(model_path) if model_path else shipped_model_path()
             card = read_card(path)
             _IDENTITIES[key] = ModelIdentity(path.name, sha256_file(path), decision_record(
                 Thresholds.from_card(card), bool(card.get("inference", {}).get("mirror_average", False)),
-                atlas_guard))
+                atlas_guard, mode))
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"cannot read the Deepdefacer model or its card: {exc}") from exc
     return _IDENTITIES[key]

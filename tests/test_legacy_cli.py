@@ -85,7 +85,7 @@ def check_defaced(source: Path, defaced_path: Path, mask_path: Path) -> None:
     assert np.all(defaced.get_fdata()[removed] == background_intensity(original_data))
 
 
-def test_the_wheel_holds_one_model_its_card_and_the_atlas(wheel):
+def test_the_wheel_holds_one_model_its_card_the_atlas_and_the_face(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     models = [name for name in names if name.endswith(".keras")]
     assert models == ["deepdefacer/models/deepdefacer_unet_v9.keras"]
@@ -94,7 +94,7 @@ def test_the_wheel_holds_one_model_its_card_and_the_atlas(wheel):
     assert [name for name in names if name.startswith("deepdefacer/models/")
             and not name.endswith(".py")] == sorted(
         ["deepdefacer/models/atlas_pydeface_3mm.npz", "deepdefacer/models/deepdefacer_unet_v9.json",
-         "deepdefacer/models/deepdefacer_unet_v9.keras"])
+         "deepdefacer/models/deepdefacer_unet_v9.keras", "deepdefacer/models/reface_pydeface_1mm.npz"])
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
 
 

@@ -24,7 +24,7 @@ from deepdefacer.config import Settings
 from deepdefacer.errors import InputError, ModelLoadError
 from deepdefacer.files import remove_stale_temporaries, sha256_file, split_extension, write_json
 from deepdefacer.mask_transfer import resample_mask
-from deepdefacer.pipeline import Defaced, apply_face_mask, load_defacer
+from deepdefacer.pipeline import Defaced, load_defacer
 from deepdefacer.qc.verify import Verification, verify_defacing
 
 log = logging.getLogger("deepdefacer")
@@ -84,7 +84,7 @@ def process_job(job: Job, settings: Settings, defacer=None) -> JobResult:
         if not settings.overwrite and _up_to_date(run, planned):
             return skipped(job)
         # Only now that a scan needs work: TensorFlow and the model take seconds to load.
-        run.defacer = run.defacer or load_defacer(settings.device, settings.atlas_guard)
+        run.defacer = run.defacer or load_defacer(settings.device, settings.atlas_guard, settings.mode)
         run.reference = run.defacer.deface_volume(reference)
     except ModelLoadError:
         raise
@@ -124,7 +124,7 @@ def _input_checksums(job: Job) -> dict:
 
 
 def _up_to_date(run: _Job, planned) -> bool:
-    identity = provenance.method_identity(run.settings.atlas_guard) if run.defacer is None \
+    identity = provenance.method_identity(run.settings.atlas_guard, mode=run.settings.mode) if run.defacer is None \
         else provenance.identity_of(run.defacer)
     mask_source_sha256 = run.input_sha256[run.job.reference.relpath]
     expected = {scan.relpath: provenance.up_to_date_key(
@@ -161,8 +161,8 @@ def _deface_and_check(run: _Job, scan_output, result: JobResult) -> _Checked | N
         else:
             volume = nifti.load_volume(scan.path)
             reference = run.reference
-            defaced = apply_face_mask(volume, resample_mask(
-                reference.mask, reference.volume.affine, volume.img.shape, volume.affine))
+            defaced = run.defacer.with_mask(volume, resample_mask(
+                reference.mask, reference.volume.affine, volume.img.shape, volume.affine), reference)
         verification = verify_defacing(defaced.volume.img, defaced.image, defaced.mask)
         if not verification.verified:
             written = run.settings.allow_unverified
@@ -171,7 +171,7 @@ def _deface_and_check(run: _Job, scan_output, result: JobResult) -> _Checked | N
             if not written:
                 _remove_earlier_outputs(scan_output)
                 return None
-        write_defaced(defaced.volume, defaced.raw, scan_output.image, edit_header=(
+        write_defaced(defaced.volume, defaced.written_raw, scan_output.image, edit_header=(
             deidentify.blank_header_text if run.settings.deidentify_keys
             and run.settings.layout == "bids" else None))
         return _Checked(scan_output, defaced, verification)
@@ -232,6 +232,7 @@ def _finish_group(run: _Job, group_output, checked: list, result: JobResult) -> 
         result.scans.append(ScanResult(
             scan.relpath, DEFACED,
             f"{100.0 * float(np.mean(entry.defaced.mask)):.1f}% of voxels removed, no face left"
+            + (", an average face put in" if entry.defaced.refaced_raw is not None else "")
             + ("" if scan == reference else f" (mask of {reference.relpath})"),
             seconds=time.monotonic() - run.start, qc_flags=qc_flags[scan.relpath]))
 
@@ -279,7 +280,8 @@ def run_qc(entry: _Checked, settings: Settings, extra_flags=()) -> list:
     verdict = qc_scan(defaced.volume.img, defaced.image, defaced.mask_image,
                       Path(settings.output_dir) / scan.relpath.split("/")[0],
                       stem=split_extension(scan.path)[0], source=scan.relpath,
-                      extra_flags=extra_flags, verification=entry.verification)
+                      extra_flags=extra_flags, verification=entry.verification,
+                      rendered_img=defaced.written_image if defaced.refaced_raw is not None else None)
     return list(verdict.get("flags", [])) if verdict.get("verdict") == "flag" else []
 
 

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also keep everything near an average brain registered to the scan "
                              "(default: on; ~2-4 s on 2 cores). --no-atlas-guard: the network's "
                              "brain guard alone, ~4x faster")
+    parser.add_argument("--mode", choices=("deface", "reface"), default="deface",
+                        help="what the face's voxels become: the air's value (deface, the "
+                             "default) or an average face matched to the scan's contrast (reface)")
     parser.add_argument("--allow-unverified", action="store_true",
                         help="also write an image whose face check fails (a face still found, "
                              "nothing to compare with, or nothing removed), for inspection; "
@@ -82,6 +85,9 @@ def main(argv=None) -> int:
     problems = [problem for path in named for problem in output_problems(path)]
     problems += [f"{path} would overwrite an input" for path in written
                  if path.resolve() in inputs]
+    if args.mode == "reface" and not args.atlas_guard:
+        problems.append("--mode reface places the new face with the atlas guard's registration: "
+                        "it cannot be combined with --no-atlas-guard")
     if len({path.resolve() for path in written}) != len(written):
         problems.append("two outputs have the same name")
     if not args.force:
@@ -98,7 +104,7 @@ def main(argv=None) -> int:
         # Caches and temporaries (TensorFlow, Keras) in one folder removed at exit, as the BIDS App.
         with terminate_as_interrupt(), private_scratch_folder():
             return deface_files(args.input, output, args.mask_out, targets[1:], args.device,
-                                args.atlas_guard, args.allow_unverified)
+                                args.atlas_guard, args.allow_unverified, args.mode)
     except InputError as exc:
         print(f"deepdeface: {exc}", file=sys.stderr)
         return EXIT_SCANS_FAILED
@@ -118,35 +124,40 @@ def main(argv=None) -> int:
 
 
 def deface_files(input_path: Path, output: Path, mask_out, others, device: str,
-                 atlas_guard: bool = True, allow_unverified: bool = False) -> int:
+                 atlas_guard: bool = True, allow_unverified: bool = False, mode: str = "deface") -> int:
     """Deface input_path, then every (other, output) pair with the same mask; each image is
     written only once its face check has passed (or with ``allow_unverified``)."""
     from deepdefacer.apply import write_defaced
     from deepdefacer.mask_transfer import resample_mask
     from deepdefacer.nifti import load_volume, write_image
-    from deepdefacer.pipeline import apply_face_mask, load_defacer
+    from deepdefacer.pipeline import load_defacer
 
     start = time.monotonic()
-    reference = load_defacer(device, atlas_guard).deface_volume(load_volume(input_path))
+    defacer = load_defacer(device, atlas_guard, mode)
+    reference = defacer.deface_volume(load_volume(input_path))
+    if reference.details.get("RefaceFallback"):
+        print(f"deepdeface: {input_path}: defaced, not refaced: {reference.details['RefaceFallback']}",
+              file=sys.stderr)
     status = EXIT_OK
     if _checked(input_path, reference, allow_unverified):
-        write_defaced(reference.volume, reference.raw, output)
-        print(f"{output}: {100.0 * reference.mask.mean():.1f}% of voxels removed, no face left "
+        write_defaced(reference.volume, reference.written_raw, output)
+        refaced = ", an average face put in" if reference.refaced_raw is not None else ""
+        print(f"{output}: {100.0 * reference.mask.mean():.1f}% of voxels removed, no face left{refaced} "
               f"({time.monotonic() - start:.1f} s)")
     else:
         status = EXIT_SCANS_FAILED
         if allow_unverified:
-            write_defaced(reference.volume, reference.raw, output)
+            write_defaced(reference.volume, reference.written_raw, output)
     if mask_out:
         write_image(reference.mask_image, mask_out)
     for other_path, other_output in others:
         try:
             volume = load_volume(other_path)
-            other = apply_face_mask(volume, resample_mask(
-                reference.mask, reference.volume.affine, volume.img.shape, volume.affine))
+            other = defacer.with_mask(volume, resample_mask(
+                reference.mask, reference.volume.affine, volume.img.shape, volume.affine), reference)
             verified = _checked(other_path, other, allow_unverified)
             if verified or allow_unverified:
-                write_defaced(other.volume, other.raw, other_output)
+                write_defaced(other.volume, other.written_raw, other_output)
             if not verified:
                 status = EXIT_SCANS_FAILED
                 continue

@@ -207,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "processes are started when --n-procs would not fit in it")
     run.add_argument("--device", choices=DEVICES, default="auto",
                      help="where the model runs (default auto: a GPU if there is one)")
+    run.add_argument("--mode", choices=("deface", "reface"), default="deface",
+                     help="what the face's voxels become: the air's value (deface, the default) "
+                          "or an average face matched to the scan's contrast (reface: for tools "
+                          "that expect a face; nothing of the participant's face is used)")
     run.add_argument("--atlas-guard", "--atlas_guard", action=argparse.BooleanOptionalAction, default=True,
                      help="also keep everything near an average brain registered to each scan "
                           "(default: on). --no-atlas-guard: the network's brain guard alone, "

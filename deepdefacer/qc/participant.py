@@ -31,7 +31,7 @@ PANEL_HEIGHT_PX = 260
 
 
 def qc_scan(original_img, defaced_img, mask_img, out_dir, stem: str, source: str | None = None,
-            extra_flags=(), verification=None) -> dict:
+            extra_flags=(), verification=None, rendered_img=None) -> dict:
     """Render, check and write the QC of one scan. mask_img: 1 = removed.
 
     Verdict "pass" or "flag"; "flag" lists every reason (face still present,
@@ -39,7 +39,8 @@ def qc_scan(original_img, defaced_img, mask_img, out_dir, stem: str, source: str
     an atlas guard that was not used). Never raises on odd geometry: a check
     that cannot run says so in "notes". ``verification`` (``deepdefacer.verify``), when the
     job has checked the scan already: its face evidence is the verdict's, so the verdict and
-    the job's outcome cannot disagree.
+    the job's outcome cannot disagree. ``rendered_img``: the image the "after" views show when it
+    is not the one checked (the refaced scan: the check judges its mask on the defaced one).
     """
     started = time.perf_counter()
     if not stem or Path(stem).name != stem:
@@ -53,8 +54,10 @@ def qc_scan(original_img, defaced_img, mask_img, out_dir, stem: str, source: str
                                     original.intensity.shape)
     removed = mask_on_grid(mask_img, original.intensity.shape, original.voxel_mm)
 
+    shown = defaced if rendered_img is None else same_shape(ras_volume(
+        rendered_img, voxel_mm=original.voxel_mm, threshold=original.threshold), original.intensity.shape)
     depth = {(when, view): render.depth_map(volume, view)
-             for when, volume in (("before", original), ("after", defaced)) for view in render.VIEWS}
+             for when, volume in (("before", original), ("after", shown)) for view in render.VIEWS}
     if verification is not None:
         face_before = verification.face_before
         face_after = face_after_own = verification.face_after or face_evidence(
@@ -176,4 +179,6 @@ def defacing_flags(details: dict) -> list:
     guard = details.get("AtlasGuard")
     if guard and not guard["Used"]:
         flags.append(f"atlas guard not used ({guard['Reason']}): only the network's brain guard applied")
+    if details.get("RefaceFallback"):
+        flags.append(f"defaced, not refaced: {details['RefaceFallback']}")
     return flags
