@@ -79,11 +79,13 @@ def process_job(job: Job, settings: Settings, defacer=None) -> JobResult:
     run = _Job(job, settings, time.monotonic(), {}, outputs.source_uri(job.reference.relpath,
                                                                         settings.layout), defacer)
     try:
-        reference = nifti.load_volume(job.reference.path)
         run.input_sha256 = _input_checksums(job)
-        if not settings.overwrite and _up_to_date(run, planned):
+        if (not settings.overwrite and job.reference.relpath in run.input_sha256
+                and _up_to_date(run, planned)):
             return skipped(job)
-        # Only now that a scan needs work: TensorFlow and the model take seconds to load.
+        # Only now that a scan needs work: the scan is read and checked, and TensorFlow and the
+        # model (seconds) are loaded.
+        reference = nifti.load_volume(job.reference.path)
         run.defacer = run.defacer or load_defacer(settings.device, settings.atlas_guard, settings.mode)
         run.reference = run.defacer.deface_volume(reference)
     except ModelLoadError:
@@ -104,7 +106,8 @@ def job_up_to_date(job: Job, settings: Settings) -> bool:
     run = _Job(job, settings, time.monotonic(), _input_checksums(job),
                outputs.source_uri(job.reference.relpath, settings.layout))
     try:
-        return _up_to_date(run, outputs.plan_outputs(job, settings.output_dir, settings.layout))
+        return job.reference.relpath in run.input_sha256 and _up_to_date(
+            run, outputs.plan_outputs(job, settings.output_dir, settings.layout))
     except Exception:  # e.g. an unreadable input: its job reports it
         return False
 
