@@ -57,6 +57,13 @@ class Volume:
     def affine(self) -> np.ndarray:
         return self.img.affine
 
+    def in_memory(self):
+        """The image reading its voxels from ``raw`` when they read back unscaled, so that the
+        face check does not decompress the file a second time; else the image itself."""
+        if not hasattr(self.img.dataobj, "slope") or scaling(self.img) != (1.0, 0.0):
+            return self.img
+        return self.img.__class__(self.raw, self.img.affine, self.img.header)
+
 
 def load_volume(path) -> Volume:
     """Load and check one scan so that everything the model needs is known to be readable."""

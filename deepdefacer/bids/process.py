@@ -166,7 +166,7 @@ def _deface_and_check(run: _Job, scan_output, result: JobResult) -> _Checked | N
             reference = run.reference
             defaced = run.defacer.with_mask(volume, resample_mask(
                 reference.mask, reference.volume.affine, volume.img.shape, volume.affine), reference)
-        verification = verify_defacing(defaced.volume.img, defaced.image, defaced.mask)
+        verification = verify_defacing(defaced.volume.in_memory(), defaced.image, defaced.mask)
         if not verification.verified:
             written = run.settings.allow_unverified
             result.scans.append(ScanResult(scan.relpath, FAILED,

@@ -173,7 +173,7 @@ def _checked(path: Path, defaced, allow_unverified: bool) -> bool:
     """The face check of one defaced scan (deepdefacer.qc.verify); says why it failed."""
     from deepdefacer.qc.verify import verify_defacing
 
-    verification = verify_defacing(defaced.volume.img, defaced.image, defaced.mask)
+    verification = verify_defacing(defaced.volume.in_memory(), defaced.image, defaced.mask)
     if not verification.verified:
         print(f"deepdeface: {path}: {messages.unverified(verification.reason, allow_unverified)}",
               file=sys.stderr)
