@@ -14,10 +14,12 @@ minus the scans' times), the group level, the finished rerun, and the time proje
 scans (start-up + 500 x the all-in time without start-up). In the same run DeepDefacer 2.1.2 (2019,
 PyPI; ``bench/baselines/deepdefacer2019_runner.py`` in its own venv) defaces ``--baseline-scans`` of
 the 1 mm scans, once each as its command does (model loaded per scan): the ratio is its median
-seconds a scan over ours all in.
+seconds a scan over our steady seconds a scan (start-up apart, as a 500-scan run spends it), and
+over our all-in seconds a scan of the measured run.
 
     .venv/bin/python -m bench.throughput [--scans-2mm 60] [--scans-1mm 40] [--repeats 3] \\
         [--baseline-scans 5] [--json docs/throughput.json] [--markdown docs/throughput.md]
+    .venv/bin/python -m bench.throughput --render-only --json docs/throughput.json --markdown docs/throughput.md
 
 Nothing else should run on the machine meanwhile (it measures wall time on all cores).
 """
@@ -200,9 +202,11 @@ by side). *Start-up*: before the first scan began (validation, the index, Tensor
 {rows}
 
 {compare}DeepDefacer 2.1.2 (2019), in the same run, on {baseline_scans} of the 1 mm oblique scans as its
-command runs them: **{baseline:.1f} s a scan** (median), **{ratio:.1f}x** our all-in time a 1 mm scan
-(goal: {goal_ratio:g}x). Goal for 1 mm: 500 scans in 20 min, {goal_seconds:g} s a scan all in:
-{verdict}.
+command runs them (its start-up, a TensorFlow import and a model load, comes with every scan):
+**{baseline:.1f} s a scan** (median), **{ratio:.1f}x** our steady time a 1 mm scan, the time each
+further scan of a dataset costs (goal: {goal_ratio:g}x); {ratio_all_in:.1f}x our all-in time over
+these {scans_1mm} scans, start-up included. Goal for 1 mm: 500 scans in 20 min, {goal_seconds:g} s a
+scan all in: {verdict}.
 
 {failures}The 1 mm scans are IXI T1w heads resampled to 1 mm int16 (240x240x180) on a grid turned by
 {oblique:g} degrees about the left-right axis; the 2 mm scans are the IXI heads as they are
@@ -243,7 +247,10 @@ def render(result: dict) -> str:
     return MARKDOWN.format(failures=failures, compare=compare_text, command=result["command"], commit=result["commit"], repeats=result["repeats"],
                            extra=extra, rows="\n".join(rows), baseline_scans=result.get(
                                "deepdefacer_2019", {}).get("scans", 0), baseline=baseline,
-                           ratio=baseline / seconds, goal_ratio=GOAL_RATIO_2019,
+                           ratio=baseline / one_mm.get("steady_seconds_a_scan", float("nan")),
+                           ratio_all_in=baseline / seconds,
+                           scans_1mm=result["datasets"].get("1mm", {}).get("scans", 0),
+                           goal_ratio=GOAL_RATIO_2019,
                            goal_seconds=GOAL_SECONDS_1MM, verdict=verdict, oblique=OBLIQUE_DEGREES,
                            **result["machine"])
 
@@ -260,7 +267,15 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, help="keep the datasets and outputs here (default: a temporary folder)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--render-only", action="store_true",
+                        help="write --markdown from an earlier --json, measuring nothing")
     args = parser.parse_args(argv)
+    if args.render_only:
+        text = render(json.loads(args.json.read_text()))
+        if args.markdown:
+            args.markdown.write_text(text)
+        print(text)
+        return 0
     extra = args.app_args.split()
 
     def log(message):

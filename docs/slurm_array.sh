@@ -25,10 +25,11 @@
 #   DEEPDEFACER_ARGS     more options for deepdefacer (e.g. "--layout bids" or "--mask-from T1w")
 #   DEEPDEFACER_MAX_RUNNING  tasks running at once (default 50)
 #
-# Memory: 1.25 GB peak measured for a 256x256x256 1 mm scan (one process); 3G leaves headroom.
+# Memory: 1.25 GB peak measured for a 256x256x256 1 mm scan in one process, 3.25 GB for two;
+# with 4G the app runs two processes on the task's 2 CPUs (with 3G, one).
 #SBATCH --job-name=deepdefacer
 #SBATCH --cpus-per-task=2
-#SBATCH --mem=3G
+#SBATCH --mem=4G
 #SBATCH --time=01:00:00
 #SBATCH --output=logs/deepdefacer_%A_%a.log
 set -euo pipefail

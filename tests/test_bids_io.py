@@ -281,3 +281,18 @@ def test_threads_follow_the_cpus_this_process_may_use(monkeypatch):
     assert parallel.usable_cpus() == 2
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "8")
     assert parallel.usable_cpus() == 3
+
+
+def test_the_face_check_reads_an_unscaled_scan_from_memory(tmp_path):
+    """Volume.in_memory(): the same voxels as the file, without reading it again; a scaled scan
+    (its intensities are computed from the stored values) is read from its file as before."""
+    volume = nifti.load_volume(HEADS / "chris_t1w.nii.gz")
+    in_memory = volume.in_memory()
+    assert isinstance(in_memory.dataobj, np.ndarray) and in_memory.dataobj is volume.raw
+    assert np.array_equal(np.asanyarray(in_memory.dataobj), np.asanyarray(volume.img.dataobj))
+    assert np.array_equal(in_memory.affine, volume.img.affine)
+    scaled = nib.Nifti1Image(np.arange(64, dtype=np.int16).reshape(4, 4, 4) + 1, np.eye(4))
+    scaled.header.set_slope_inter(0.5, -10.0)
+    nib.save(scaled, tmp_path / "scaled.nii")
+    volume = nifti.load_volume(tmp_path / "scaled.nii")
+    assert volume.in_memory() is volume.img
