@@ -146,7 +146,8 @@ def refaced(defaced: Defaced) -> Defaced:
 
 
 def face_mask_of(data: np.ndarray, affine: np.ndarray, defacer: Defacer, name: str = "<image>"):
-    """The mask of the face on the input grid (bool), and what the provenance records of it.
+    """The mask of the face on the input grid (bool), what the provenance records of it, and the
+    atlas guard's trusted fit (``scanner_to_atlas``, which places a new face; None without one).
 
     The details are ``{"AtlasGuard": {"Used", "Reason", "FaceOverlapML", "Start"}}`` with the atlas
     guard on (whether its registration was trusted for this scan), else ``{}``; for a scan cut at
@@ -199,8 +200,8 @@ def _face_mask_of_uncertain_size(data, header_affine, assumed_affine, scale: flo
     # The provenance reports a guard that was not used, if any (flagged in QC), else the last.
     guards = [guard for _, guard in results]
     guard = next((g for g in guards if g is not None and not g.used), guards[-1])
-    fit = next((scanner_to_atlas(g, a, header_affine) for g, a in zip(guards, affines)
-                if scanner_to_atlas(g, a, header_affine) is not None), None)
+    fits = [scanner_to_atlas(g, a, header_affine) for g, a in zip(guards, affines)]
+    fit = next((f for f in fits if f is not None), None)  # the first trusted fit places a new face
     return mask, {**details, **guard_record(guard)}, fit
 
 

@@ -26,6 +26,7 @@ from importlib import resources
 import numpy as np
 from scipy import ndimage
 
+from deepdefacer.errors import ModelLoadError
 from deepdefacer.nifti import scaling
 
 TEMPLATE_NAME = "reface_pydeface_1mm.npz"
@@ -135,8 +136,6 @@ def stored_values(img, dtype, intensities: np.ndarray) -> np.ndarray:
 
 def require_template() -> None:
     """Read the face now, so that a run that cannot reface stops before any scan."""
-    from deepdefacer.errors import ModelLoadError
-
     try:
         load_template()
     except OSError as exc:

@@ -291,7 +291,7 @@ def test_the_face_check_reads_an_unscaled_scan_from_memory(tmp_path):
     assert isinstance(in_memory.dataobj, np.ndarray) and in_memory.dataobj is volume.raw
     assert np.array_equal(np.asanyarray(in_memory.dataobj), np.asanyarray(volume.img.dataobj))
     assert np.array_equal(in_memory.affine, volume.img.affine)
-    scaled = nib.Nifti1Image(np.arange(64, dtype=np.int16).reshape(4, 4, 4) + 1, np.eye(4))
+    scaled = nib.Nifti1Image(np.arange(20 ** 3, dtype=np.int16).reshape(20, 20, 20) + 1, np.eye(4))
     scaled.header.set_slope_inter(0.5, -10.0)
     nib.save(scaled, tmp_path / "scaled.nii")
     volume = nifti.load_volume(tmp_path / "scaled.nii")
