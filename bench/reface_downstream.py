@@ -8,6 +8,8 @@ the 12 heads of ``../shared/data/heads``) the original is defaced and refaced wi
   same code every run uses, a stand-in for FLIRT-like tools): where it puts the atlas's brain in
   the scan, against where the original's fit puts it (mm, over the atlas brain's voxels: median
   and maximum);
+* **noise**: the original's own fit with other sample points (``seed`` + 1), the registration's
+  noise that the others are measured against;
 * **brain mask**: the network's brain output on the scan's grid (probability above the model
   card's brain threshold), Dice against the original's.
 
@@ -34,7 +36,7 @@ from deepdefacer.nifti import Volume, load_volume
 from deepdefacer.pipeline import load_defacer, predict
 from deepdefacer.train.data import split
 
-VERSIONS = ("defaced", "refaced")
+VERSIONS = ("reseeded", "defaced", "refaced")  # "reseeded": the original, its fit from other sample points
 
 
 def brain_points_mm() -> np.ndarray:
@@ -44,11 +46,12 @@ def brain_points_mm() -> np.ndarray:
     return model["affine"] @ np.vstack([ijk, np.ones(ijk.shape[1])])
 
 
-def measure(volume: Volume, defacer) -> tuple[np.ndarray, np.ndarray]:
+def measure(volume: Volume, defacer, seed: int = atlas.SEED) -> tuple[np.ndarray, np.ndarray]:
     """The atlas fit (scan world -> atlas world) and the network's brain mask on the scan's grid."""
     prediction = predict(volume.data, volume.affine, defacer.predictor)
     fit = {}
-    atlas.register_brain(volume.data, volume.affine, prediction.cube_affine, defacer.predictor.plan, fit=fit)
+    atlas.register_brain(volume.data, volume.affine, prediction.cube_affine, defacer.predictor.plan,
+                         seed=seed, fit=fit)
     brain = to_native(prediction.brain, prediction.cube_affine, volume.affine, volume.data.shape)
     return fit["world"], brain >= defacer.predictor.thresholds.brain
 
@@ -83,7 +86,10 @@ def main(argv=None) -> int:
                "header_plausible": scale == 1.0}
         images = {"defaced": (done.raw, done.image), "refaced": (done.written_raw, done.written_image)}
         for version in VERSIONS:
-            other_world, other_brain = measure(with_raw(volume, *images[version]), refacer)
+            if version == "reseeded":  # the registration's own noise: the same scan, other points
+                other_world, other_brain = measure(volume, refacer, seed=atlas.SEED + 1)
+            else:
+                other_world, other_brain = measure(with_raw(volume, *images[version]), refacer)
             shift = np.linalg.norm((np.linalg.inv(other_world) @ points - where)[:3], axis=0)
             row[version] = {"shift_median_mm": round(float(np.median(shift)), 3),
                             "shift_max_mm": round(float(shift.max()), 3),
