@@ -22,12 +22,18 @@ from deepdefacer.nifti import Volume, scaling
 
 def raw_value(img, dtype, intensity: float = 0.0):
     """The stored (unscaled) value that reads back as ``intensity``, or closest to it."""
+    return stored_values(img, dtype, np.array([intensity]))[0]
+
+
+def stored_values(img, dtype, intensities: np.ndarray) -> np.ndarray:
+    """Stored (unscaled) values that read back as ``intensities`` through the scan's scaling, or
+    closest to them: rounded and clipped for an integer dtype."""
     slope, inter = scaling(img)
-    value = (intensity - inter) / slope + 0.0  # + 0.0: no negative zero
+    values = (np.asarray(intensities, np.float64) - inter) / slope + 0.0  # + 0.0: no negative zero
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
-        return dtype.type(np.clip(np.round(value), info.min, info.max))
-    return dtype.type(value)
+        return np.clip(np.round(values), info.min, info.max).astype(dtype)
+    return values.astype(dtype)
 
 
 def defaced_raw(volume: Volume, mask: np.ndarray, fill_intensity: float = 0.0) -> np.ndarray:

@@ -27,7 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from deepdefacer.errors import ModelLoadError
-from deepdefacer.nifti import scaling
+from deepdefacer.apply import stored_values
 
 TEMPLATE_NAME = "reface_pydeface_1mm.npz"
 SHELL_MM = 12.0  # where the contrast table is learned: this far outside the mask
@@ -121,17 +121,6 @@ def contrast_table(template_values: np.ndarray, scan_values: np.ndarray):
     keep = np.concatenate([[True], np.diff(template_q) > 0])
     template_q, scan_q = template_q[keep], scan_q[keep]
     return lambda values: np.interp(values, template_q, scan_q).astype(np.float32)
-
-
-def stored_values(img, dtype, intensities: np.ndarray) -> np.ndarray:
-    """Stored (unscaled) values that read back as ``intensities`` through the scan's scaling,
-    rounded and clipped for an integer dtype."""
-    slope, inter = scaling(img)
-    values = (intensities.astype(np.float64) - inter) / slope
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return np.clip(np.round(values), info.min, info.max).astype(dtype)
-    return values.astype(dtype)
 
 
 def require_template() -> None:
