@@ -13,10 +13,10 @@ import io
 
 import nibabel as nib
 import numpy as np
-from nibabel.openers import ImageOpener
 from nibabel.volumeutils import array_to_file
 
 from deepdefacer.files import atomic_output
+from deepdefacer.gz import open_output
 from deepdefacer.nifti import Volume, scaling
 
 
@@ -81,7 +81,7 @@ def write_defaced(volume: Volume, raw: np.ndarray, final_path, edit_header=None)
         header = edit_header(header)
     offset_bytes = int(header.get_data_offset())
     with atomic_output(final_path) as temporary:
-        with ImageOpener(temporary, "wb") as stream:
+        with open_output(temporary) as stream:
             header.write_to(stream)
             written = stream.tell()
             if written < offset_bytes:
@@ -99,3 +99,10 @@ def mask_image(mask: np.ndarray, img) -> nib.Nifti1Image:
     mask_img.header.set_xyzt_units(*header.get_xyzt_units())
     mask_img.header.set_data_dtype(np.uint8)
     return mask_img
+
+
+def write_image(img, final_path) -> None:
+    """Write a new image (a mask) atomically, as nibabel does (gzip by ``deepdefacer.gz``)."""
+    with atomic_output(final_path) as temporary:
+        with open_output(temporary) as stream:
+            img.to_file_map({"image": nib.FileHolder(fileobj=stream)})

@@ -8,8 +8,7 @@ defaced scan (``deepdefacer.apply``) starts again from the stored values and the
 
 from __future__ import annotations
 
-import contextlib
-import gzip
+import io
 import math
 import zlib
 from dataclasses import dataclass
@@ -19,8 +18,8 @@ import nibabel as nib
 import numpy as np
 from nibabel.openers import ImageOpener
 
+from deepdefacer import gz
 from deepdefacer.errors import InputError
-from deepdefacer.files import atomic_output
 
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 
@@ -68,10 +67,10 @@ class Volume:
 def load_volume(path) -> Volume:
     """Load and check one scan so that everything the model needs is known to be readable."""
     path = Path(path)
-    img = _open_checked(path)
-    with ImageOpener(path, "rb") as stream:
+    img, stored = _open_checked(path)
+    with (io.BytesIO(stored) if stored is not None else ImageOpener(path, "rb")) as stream:
         stored_header = img.header_class.from_fileobj(stream)
-    return _volume(img, path, stored_header)
+    return _volume(img, path, stored_header, stored)
 
 
 def load_image(path) -> nib.spatialimages.SpatialImage:
@@ -87,7 +86,8 @@ def read_volume(img) -> Volume:
     return _volume(img, name, None)
 
 
-def _volume(img, name, stored_header) -> Volume:
+def _volume(img, name, stored_header, stored: bytearray | None = None) -> Volume:
+    """``stored``: the file's decompressed bytes when they were read already (a .nii.gz)."""
     problem = orientation_problem(img)
     if problem:
         raise InputError(name, problem)
@@ -95,7 +95,7 @@ def _volume(img, name, stored_header) -> Volume:
         raise InputError(name, "the image affine is not a valid voxel-to-world transform")
     shape = tuple(int(n) for n in img.shape[:3])
     try:
-        raw = raw_array(img).reshape(shape)
+        raw = (raw_array(img) if stored is None else _array_in(stored, img)).reshape(shape)
     except Exception as exc:  # truncated or corrupt streams surface here
         raise InputError(name, f"corrupt voxel data ({_describe(exc, name)})") from None
     slope, inter = scaling(img)
@@ -113,7 +113,8 @@ def _volume(img, name, stored_header) -> Volume:
 
 
 def _open_checked(path: Path):
-    """The nibabel image of path, once the file and its header are known to be sound."""
+    """The nibabel image of path, once the file and its header are known to be sound, and for
+    a .nii.gz the file's decompressed bytes (checking their length decompresses them anyway)."""
     if path.is_symlink() and not path.exists():
         raise InputError(path, "broken symbolic link (in a git-annex/DataLad dataset, "
                                "fetch the content first, e.g. `datalad get`)")
@@ -137,8 +138,7 @@ def _open_checked(path: Path):
     shape = tuple(int(n) for n in img.shape)
     _check_shape(path, shape)
     _check_voxel_type(path, img.get_data_dtype())
-    _check_stored_size(path, img)
-    return img
+    return img, _check_stored_size(path, img)
 
 
 def orientation_problem(img) -> str | None:
@@ -167,8 +167,9 @@ def _check_nifti_header(path: Path) -> None:
         if compressed:
             stream.seek(0)
             try:
-                head = gzip.GzipFile(fileobj=stream).read(NIFTI2_HEADER_BYTES)
-            except (OSError, EOFError, zlib.error) as exc:
+                with gz.open_read(stream) as decompressed:
+                    head = decompressed.read(NIFTI2_HEADER_BYTES)
+            except gz.ERRORS as exc:
                 raise InputError(path, f"damaged gzip stream ({exc})") from None
     if head[344:347] not in (b"n+1", b"ni1") and head[4:7] not in (b"n+2", b"ni2"):
         raise InputError(path, "not a NIfTI file (no NIfTI-1/NIfTI-2 header: wrong magic)")
@@ -210,16 +211,18 @@ def _dimensionality(shape) -> str:
     return f"{max(1, sum(n > 1 for n in shape))}D"
 
 
-def _check_stored_size(path: Path, img) -> None:
-    """Refuse a header that promises more voxel data than the file holds, or too many voxels."""
+def _check_stored_size(path: Path, img) -> bytearray | None:
+    """Refuse a header that promises more voxel data than the file holds, or too many voxels.
+    Returns a .nii.gz's decompressed bytes up to its last voxel (None for a .nii)."""
     voxels = math.prod(int(n) for n in img.shape)  # Python ints: NIfTI-2 shapes overflow int64
     itemsize = img.get_data_dtype().itemsize
     offset = int(img.dataobj.offset)
     # Counting stops at the largest image accepted, so an over-large file is not read to its end.
     stop_at = offset + min(voxels, MAX_VOXELS + 1) * itemsize
     try:
-        held = _stored_bytes(path, stop_at)
-    except (OSError, zlib.error) as exc:
+        held, stored = ((min(path.stat().st_size, stop_at), None) if not path.name.endswith(".gz")
+                        else gz.read_at_most(path, stop_at, keep=voxels <= MAX_VOXELS))
+    except gz.ERRORS as exc:
         raise InputError(path, f"damaged gzip stream ({exc})") from None
     if held < stop_at:
         raise InputError(path, f"truncated: the header promises {voxels * itemsize} bytes of "
@@ -228,25 +231,15 @@ def _check_stored_size(path: Path, img) -> None:
     if voxels > MAX_VOXELS:
         raise InputError(path, f"image of shape {img.shape} has {voxels} voxels, more than "
                                f"Deepdefacer's maximum of {MAX_VOXELS}")
+    return stored
 
 
-def _stored_bytes(path: Path, stop_at: int, chunk_bytes: int = 1 << 20) -> int:
-    """The file's (uncompressed) size in bytes, or stop_at if it holds at least that many.
-
-    A .nii.gz is decompressed a chunk at a time and the chunks are only counted, so memory stays
-    at one chunk whatever the header claims. A stream that breaks off counts as ending there.
-    """
-    if not path.name.endswith(".gz"):
-        return min(path.stat().st_size, stop_at)
-    held = 0
-    with gzip.open(path, "rb") as stream:
-        with contextlib.suppress(EOFError):
-            while held < stop_at:
-                chunk = stream.read1(min(chunk_bytes, stop_at - held))
-                if not chunk:
-                    break
-                held += len(chunk)
-    return held
+def _array_in(stored: bytearray, img) -> np.ndarray:
+    """The stored values in a file's decompressed bytes, as nibabel reads them (the header's
+    dtype and byte order, Fortran order)."""
+    shape = tuple(int(n) for n in img.shape)
+    return np.ndarray(shape, img.get_data_dtype(), buffer=stored, offset=int(img.dataobj.offset),
+                      order="F")
 
 
 def _describe(exc: BaseException, path=None) -> str:
@@ -281,8 +274,3 @@ def is_complete_nifti(path) -> bool:
     except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError):
         return False
 
-
-def write_image(img, final_path) -> None:
-    """Write a new image (a mask) atomically with nibabel."""
-    with atomic_output(final_path) as temporary:
-        nib.save(img, temporary)

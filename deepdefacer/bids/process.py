@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from deepdefacer import messages, nifti, provenance
-from deepdefacer.apply import write_defaced
+from deepdefacer.apply import write_defaced, write_image
 from deepdefacer.bids import deidentify, outputs
 from deepdefacer.bids.jobs import Job
 from deepdefacer.config import Settings
@@ -199,7 +199,7 @@ def _finish_group(run: _Job, group_output, checked: list, result: JobResult) -> 
         # The mask file lies on the grid of the group's reference (its first magnitude image).
         grid = next((entry for entry in checked if entry.output.scan == group_output.group.reference),
                     checked[0])
-        nifti.write_image(grid.defaced.mask_image, group_output.mask)
+        write_image(grid.defaced.mask_image, group_output.mask)
         qc_flags = {entry.output.scan.relpath: run_qc(entry, settings, flags) if settings.qc
                     else list(flags) for entry in checked}
         seconds = time.monotonic() - run.start

@@ -129,7 +129,8 @@ def deface_files(input_path: Path, output: Path, mask_out, others, device: str,
     written only once its face check has passed (or with ``allow_unverified``)."""
     from deepdefacer.apply import write_defaced
     from deepdefacer.mask_transfer import resample_mask
-    from deepdefacer.nifti import load_volume, write_image
+    from deepdefacer.apply import write_image
+    from deepdefacer.nifti import load_volume
     from deepdefacer.pipeline import load_defacer
 
     start = time.monotonic()

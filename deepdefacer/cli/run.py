@@ -22,7 +22,7 @@ from deepdefacer.config import Settings
 from deepdefacer.errors import InputError, ModelLoadError
 from deepdefacer.messages import (EXIT_INVALID_DATASET, EXIT_NOTHING_SELECTED, EXIT_OK,
                                   EXIT_SCANS_FAILED, EXIT_USAGE)
-from deepdefacer.parallel import plan_resources, set_threads
+from deepdefacer.parallel import plan_resources, reuse_freed_memory, set_threads
 from deepdefacer.provenance import version
 
 log = logging.getLogger("deepdefacer")
@@ -151,6 +151,7 @@ def run_participant_level(args, command_line: str) -> int:
         log.warning(note)
     if resources.n_procs == 1 and (args.nprocs or args.omp_nthreads):
         set_threads(resources.threads)  # OpenMP and OpenBLAS; workers set their own
+    reuse_freed_memory()  # in this process; workers do it too
     progress = Progress(len(scans), args.verbose, resources.n_procs)
     with progress_bar(len(scans), args) as bar:
         def on_result(job_result):

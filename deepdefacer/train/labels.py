@@ -24,7 +24,7 @@ from pathlib import Path
 
 import nibabel as nib
 
-from deepdefacer.nifti import write_image
+from deepdefacer.apply import write_image
 from deepdefacer.train.data import label_name, split, training_heads
 from deepdefacer.train.label_registration import (MASKS, prepare_template, register_brain_deformable,
                                                   register_labels)
