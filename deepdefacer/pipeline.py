@@ -12,10 +12,11 @@ from functools import cached_property
 
 import numpy as np
 
-from deepdefacer import atlas, atlas_fit, reface
+from deepdefacer import atlas, atlas_fit, ears, reface
 from deepdefacer.apply import defaced_image, defaced_raw, mask_image
 from deepdefacer.conform import background_intensity, conform, head_box_ras, plausible_affine
 from deepdefacer.mask import Prediction, face_mask, union_of_masks
+from deepdefacer.mask_transfer import resample_mask
 from deepdefacer.nifti import Volume, read_volume
 from deepdefacer.predictor import Predictor, shared_predictor
 from deepdefacer.provenance import decision_record
@@ -26,38 +27,44 @@ MODES = ("deface", "reface")  # the face's voxels take the air's value, or an av
 
 @dataclass(frozen=True)
 class Defacer:
-    """The method's settings: the network (weights + card), whether the atlas guard runs, and
-    what the face's voxels become (``mode``)."""
+    """The method's settings: the network (weights + card), whether the atlas guard runs, what
+    the face's voxels become (``mode``) and whether the ears go too (``remove_ears``)."""
 
     predictor: Predictor
     atlas_guard: bool = True  # also guard an average brain registered to the scan (deepdefacer.atlas)
     mode: str = "deface"
+    remove_ears: bool = False  # deepdefacer.ears
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        if self.mode == "reface" and not self.atlas_guard:
-            raise ValueError("refacing places its face with the atlas guard's registration: "
-                             "it cannot run with the atlas guard off")
+        if (self.mode == "reface" or self.remove_ears) and not self.atlas_guard:
+            raise ValueError("refacing and ear removal place what they change with the atlas "
+                             "guard's registration: they cannot run with the atlas guard off")
 
     @property
     def decision(self) -> dict:
         """The post-processing settings (recorded in every output's provenance)."""
         return decision_record(self.predictor.thresholds, self.predictor.mirror_average,
-                               self.atlas_guard, self.mode)
+                               self.atlas_guard, self.mode, self.remove_ears)
 
     def deface(self, img):
         return deface(img, self)
 
     def deface_volume(self, volume: Volume) -> Defaced:
         """The face removed from one scan (what the BIDS App and ``deepdeface`` call)."""
-        mask, details, to_atlas = face_mask_of(volume.data, volume.affine, self, volume.name)
-        return self.finish(apply_face_mask(volume, mask, details, to_atlas))
+        mask, details, to_atlas, ears_mask = face_mask_of(volume.data, volume.affine, self, volume.name)
+        return self.finish(apply_face_mask(volume, mask, details, to_atlas, ears_mask))
 
-    def with_mask(self, volume: Volume, mask: np.ndarray, reference: Defaced) -> Defaced:
-        """Another scan of the same session defaced with ``reference``'s mask carried onto its
-        grid (``mask``), refaced with the reference's fit in reface mode."""
-        return self.finish(apply_face_mask(volume, mask, {}, reference.scanner_to_atlas))
+    def with_mask(self, volume: Volume, reference: Defaced) -> Defaced:
+        """Another scan of the same session defaced with ``reference``'s mask (and ears) carried
+        onto its grid, refaced with the reference's fit in reface mode."""
+        def carried(mask):
+            return resample_mask(mask, reference.volume.affine, volume.img.shape, volume.affine)
+
+        ears_mask = None if reference.ears is None else carried(reference.ears)
+        return self.finish(apply_face_mask(volume, carried(reference.mask), {},
+                                           reference.scanner_to_atlas, ears_mask))
 
     def finish(self, defaced: Defaced) -> Defaced:
         """In reface mode, the written values of the masked voxels from the average face."""
@@ -67,13 +74,16 @@ class Defacer:
         return deface_with_details(img, self)
 
 
-def load_defacer(device: str = "auto", atlas_guard: bool = True, mode: str = "deface") -> Defacer:
+def load_defacer(device: str = "auto", atlas_guard: bool = True, mode: str = "deface",
+                 remove_ears: bool = False) -> Defacer:
     """The shipped model (loaded once per process and device) with the atlas guard on or off."""
     if atlas_guard:
         atlas.require_atlas()
     if mode == "reface":
         reface.require_template()
-    return Defacer(shared_predictor(device), atlas_guard, mode)
+    if remove_ears:
+        ears.require_ears()
+    return Defacer(shared_predictor(device), atlas_guard, mode, remove_ears)
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,8 @@ class Defaced:
     """One scan with its face removed: stored values, the mask (True = removed), the details.
 
     ``raw`` holds the air's value in the mask: the face check judges it. ``refaced_raw``, in
-    reface mode, holds the average face there instead; ``written_raw`` is what is written."""
+    reface mode, holds the average face there instead (the ears, ``ears``, stay air);
+    ``written_raw`` is what is written."""
 
     volume: Volume
     raw: np.ndarray
@@ -89,6 +100,7 @@ class Defaced:
     details: dict
     scanner_to_atlas: np.ndarray | None = None  # the atlas guard's trusted fit (scanner -> atlas world)
     refaced_raw: np.ndarray | None = None
+    ears: np.ndarray | None = None  # with --remove-ears: the mask's voxels that are ears
 
     @property
     def written_raw(self) -> np.ndarray:
@@ -128,11 +140,12 @@ def deface_with_details(img, defacer: Defacer | None = None):
 
 
 def apply_face_mask(volume: Volume, mask: np.ndarray, details: dict | None = None,
-                    scanner_to_atlas: np.ndarray | None = None) -> Defaced:
+                    scanner_to_atlas: np.ndarray | None = None, ears_mask: np.ndarray | None = None) -> Defaced:
     """The masked voxels take the air's value in the stored encoding; nothing else changes."""
     raw = defaced_raw(volume, mask, background_intensity(volume.data))
-    return Defaced(volume, raw, np.asarray(mask, bool).reshape(volume.raw.shape), details or {},
-                   scanner_to_atlas)
+    shape = volume.raw.shape
+    return Defaced(volume, raw, np.asarray(mask, bool).reshape(shape), details or {}, scanner_to_atlas,
+                   ears=None if ears_mask is None else np.asarray(ears_mask, bool).reshape(shape))
 
 
 def refaced(defaced: Defaced) -> Defaced:
@@ -141,18 +154,20 @@ def refaced(defaced: Defaced) -> Defaced:
     if defaced.scanner_to_atlas is None:
         reason = "the atlas guard's registration was not trusted for this scan"
         return replace(defaced, details={**defaced.details, "Mode": "deface", "RefaceFallback": reason})
-    values = reface.refaced_raw(defaced.volume, defaced.raw, defaced.mask, defaced.scanner_to_atlas)
+    face = defaced.mask if defaced.ears is None else defaced.mask & ~defaced.ears
+    values = reface.refaced_raw(defaced.volume, defaced.raw, face, defaced.scanner_to_atlas)
     return replace(defaced, refaced_raw=values, details={**defaced.details, "Mode": "reface"})
 
 
 def face_mask_of(data: np.ndarray, affine: np.ndarray, defacer: Defacer, name: str = "<image>"):
-    """The mask of the face on the input grid (bool), what the provenance records of it, and the
-    atlas guard's trusted fit (``scanner_to_atlas``, which places a new face; None without one).
+    """The mask of the face on the input grid (bool), what the provenance records of it, the
+    atlas guard's trusted fit (``scanner_to_atlas``, which places a new face; None without one),
+    and with ``remove_ears`` the mask's voxels that the ears added (else None).
 
     The details are ``{"AtlasGuard": {"Used", "Reason", "FaceOverlapML", "Start"}}`` with the atlas
     guard on (whether its registration was trusted for this scan), else ``{}``; for a scan cut at
     the crown also ``"CrownFromAtlasMM"``, and for a scan whose header's voxel sizes are
-    implausible ``"HeaderVoxelSizes"`` (``atlas_fit``).
+    implausible ``"HeaderVoxelSizes"`` (``atlas_fit``); with ``remove_ears`` ``"Ears"``.
     """
     box = head_box_ras(data, affine)
     assumed_affine, scale = plausible_affine(data, affine, box)
@@ -168,7 +183,23 @@ def face_mask_of(data: np.ndarray, affine: np.ndarray, defacer: Defacer, name: s
     t = defacer.predictor.thresholds
     mask = face_mask(prediction, t.face, t.brain, t.brain_margin_mm, t.face_dilate_mm,
                      t.growth_margin_mm, t.edge_mm)
-    return mask, {**details, **guard_record(guard)}, scanner_to_atlas(guard, affine, header_affine)
+    fit = scanner_to_atlas(guard, affine, header_affine)
+    details = {**details, **guard_record(guard)}
+    mask, details, ears_mask = with_ears(mask, details, fit, header_affine, [prediction], defacer, name)
+    return mask, details, fit, ears_mask
+
+
+def with_ears(mask: np.ndarray, details: dict, fit, header_affine, predictions, defacer: Defacer,
+              name: str):
+    """With ``remove_ears``: the mask with the ears added (``deepdefacer.ears``), the details
+    with how much of them was removed, and the voxels the ears added; else the mask and the
+    details as they are, and None."""
+    if not defacer.remove_ears:
+        return mask, details, None
+    found = ears.ear_mask(fit, header_affine, mask.shape, predictions, defacer.predictor.thresholds, name)
+    added = found & ~mask
+    voxel_ml = abs(float(np.linalg.det(np.asarray(predictions[0].native_affine)[:3, :3]))) / 1000
+    return mask | found, {**details, "Ears": {"Removed": True, "RegionML": round(float(found.sum()) * voxel_ml, 1)}}, added
 
 
 def scanner_to_atlas(guard, affine: np.ndarray, header_affine: np.ndarray):
@@ -202,7 +233,9 @@ def _face_mask_of_uncertain_size(data, header_affine, assumed_affine, scale: flo
     guard = next((g for g in guards if g is not None and not g.used), guards[-1])
     fits = [scanner_to_atlas(g, a, header_affine) for g, a in zip(guards, affines)]
     fit = next((f for f in fits if f is not None), None)  # the first trusted fit places a new face
-    return mask, {**details, **guard_record(guard)}, fit
+    mask, details, ears_mask = with_ears(mask, {**details, **guard_record(guard)}, fit, header_affine,
+                                         predictions, defacer, name)
+    return mask, details, fit, ears_mask
 
 
 def predict_and_guard(data: np.ndarray, affine: np.ndarray, defacer: Defacer, box=None,

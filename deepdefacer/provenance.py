@@ -33,10 +33,15 @@ def version() -> str:
 
 
 def decision_record(thresholds: Thresholds, mirror_average: bool, atlas_guard: bool,
-                    mode: str = "deface") -> dict:
+                    mode: str = "deface", remove_ears: bool = False) -> dict:
     """The post-processing settings as the provenance records them (and the up-to-date check
-    compares them): a scan defaced in another mode is redone."""
-    return {"Mode": mode, "FaceThreshold": thresholds.face, "FaceGrowthMM": thresholds.face_dilate_mm,
+    compares them): a scan defaced in another mode, or with the ears removed or not, is redone."""
+    from deepdefacer import ears
+
+    return {"Mode": mode, "RemoveEars": remove_ears,
+            **({"EarMarginMM": ears.MARGIN_MM, "EarBrainClearanceMM": ears.BRAIN_CLEARANCE_MM}
+               if remove_ears else {}),
+            "FaceThreshold": thresholds.face, "FaceGrowthMM": thresholds.face_dilate_mm,
             "BrainThreshold": thresholds.brain, "BrainMarginMM": thresholds.brain_margin_mm,
             "GrowthBrainMarginMM": thresholds.growth_margin_mm,
             "FieldOfViewEdgeMM": thresholds.edge_mm, "LeftRightMirrorAverage": mirror_average,
@@ -63,17 +68,17 @@ _IDENTITIES: dict = {}
 
 
 def method_identity(atlas_guard: bool = True, model_path: str | os.PathLike | None = None,
-                    mode: str = "deface") -> ModelIdentity:
+                    mode: str = "deface", remove_ears: bool = False) -> ModelIdentity:
     """The shipped model's (or ``model_path``'s) identity, read once per process without
     TensorFlow; an unreadable model or card is a ModelLoadError."""
-    key = (atlas_guard, model_path, mode)
+    key = (atlas_guard, model_path, mode, remove_ears)
     if key not in _IDENTITIES:
         try:
             path = Path(model_path) if model_path else shipped_model_path()
             card = read_card(path)
             _IDENTITIES[key] = ModelIdentity(path.name, sha256_file(path), decision_record(
                 Thresholds.from_card(card), bool(card.get("inference", {}).get("mirror_average", False)),
-                atlas_guard, mode))
+                atlas_guard, mode, remove_ears))
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"cannot read the Deepdefacer model or its card: {exc}") from exc
     return _IDENTITIES[key]

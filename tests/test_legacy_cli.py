@@ -94,6 +94,7 @@ def test_the_wheel_holds_one_model_its_card_the_atlas_and_the_face(wheel):
     assert [name for name in names if name.startswith("deepdefacer/models/")
             and not name.endswith(".py")] == sorted(
         ["deepdefacer/models/atlas_pydeface_3mm.npz", "deepdefacer/models/deepdefacer_unet_v9.json",
+         "deepdefacer/models/ears_pydeface_3mm.npz",
          "deepdefacer/models/deepdefacer_unet_v9.keras", "deepdefacer/models/reface_pydeface_1mm.npz"])
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
 

@@ -23,7 +23,6 @@ from deepdefacer.bids.jobs import Job
 from deepdefacer.config import Settings
 from deepdefacer.errors import InputError, ModelLoadError
 from deepdefacer.files import remove_stale_temporaries, sha256_file, split_extension, write_json
-from deepdefacer.mask_transfer import resample_mask
 from deepdefacer.pipeline import Defaced, load_defacer
 from deepdefacer.qc.verify import Verification, verify_defacing
 
@@ -86,7 +85,8 @@ def process_job(job: Job, settings: Settings, defacer=None) -> JobResult:
         # Only now that a scan needs work: the scan is read and checked, and TensorFlow and the
         # model (seconds) are loaded.
         reference = nifti.load_volume(job.reference.path)
-        run.defacer = run.defacer or load_defacer(settings.device, settings.atlas_guard, settings.mode)
+        run.defacer = run.defacer or load_defacer(settings.device, settings.atlas_guard, settings.mode,
+                                                 settings.remove_ears)
         run.reference = run.defacer.deface_volume(reference)
     except ModelLoadError:
         raise
@@ -127,7 +127,8 @@ def _input_checksums(job: Job) -> dict:
 
 
 def _up_to_date(run: _Job, planned) -> bool:
-    identity = provenance.method_identity(run.settings.atlas_guard, mode=run.settings.mode) if run.defacer is None \
+    identity = provenance.method_identity(
+        run.settings.atlas_guard, mode=run.settings.mode, remove_ears=run.settings.remove_ears) if run.defacer is None \
         else provenance.identity_of(run.defacer)
     mask_source_sha256 = run.input_sha256[run.job.reference.relpath]
     expected = {scan.relpath: provenance.up_to_date_key(
@@ -162,10 +163,7 @@ def _deface_and_check(run: _Job, scan_output, result: JobResult) -> _Checked | N
         if scan == run.job.reference:
             defaced = run.reference
         else:
-            volume = nifti.load_volume(scan.path)
-            reference = run.reference
-            defaced = run.defacer.with_mask(volume, resample_mask(
-                reference.mask, reference.volume.affine, volume.img.shape, volume.affine), reference)
+            defaced = run.defacer.with_mask(nifti.load_volume(scan.path), run.reference)
         verification = verify_defacing(defaced.volume.in_memory(), defaced.image, defaced.mask)
         if not verification.verified:
             written = run.settings.allow_unverified

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=("deface", "reface"), default="deface",
                         help="what the face's voxels become: the air's value (deface, the "
                              "default) or an average face matched to the scan's contrast (reface)")
+    parser.add_argument("--remove-ears", action="store_true",
+                        help="also remove the ears (pinnae), never within 12 mm of the brain; "
+                             "fails when the atlas guard's registration cannot place them")
     parser.add_argument("--allow-unverified", action="store_true",
                         help="also write an image whose face check fails (a face still found, "
                              "nothing to compare with, or nothing removed), for inspection; "
@@ -85,6 +88,9 @@ def main(argv=None) -> int:
     problems = [problem for path in named for problem in output_problems(path)]
     problems += [f"{path} would overwrite an input" for path in written
                  if path.resolve() in inputs]
+    if args.remove_ears and not args.atlas_guard:
+        problems.append("--remove-ears places the ears with the atlas guard's registration: "
+                        "it cannot be combined with --no-atlas-guard")
     if args.mode == "reface" and not args.atlas_guard:
         problems.append("--mode reface places the new face with the atlas guard's registration: "
                         "it cannot be combined with --no-atlas-guard")
@@ -104,7 +110,7 @@ def main(argv=None) -> int:
         # Caches and temporaries (TensorFlow, Keras) in one folder removed at exit, as the BIDS App.
         with terminate_as_interrupt(), private_scratch_folder():
             return deface_files(args.input, output, args.mask_out, targets[1:], args.device,
-                                args.atlas_guard, args.allow_unverified, args.mode)
+                                args.atlas_guard, args.allow_unverified, args.mode, args.remove_ears)
     except InputError as exc:
         print(f"deepdeface: {exc}", file=sys.stderr)
         return EXIT_SCANS_FAILED
@@ -124,17 +130,17 @@ def main(argv=None) -> int:
 
 
 def deface_files(input_path: Path, output: Path, mask_out, others, device: str,
-                 atlas_guard: bool = True, allow_unverified: bool = False, mode: str = "deface") -> int:
+                 atlas_guard: bool = True, allow_unverified: bool = False, mode: str = "deface",
+                 remove_ears: bool = False) -> int:
     """Deface input_path, then every (other, output) pair with the same mask; each image is
     written only once its face check has passed (or with ``allow_unverified``)."""
     from deepdefacer.apply import write_defaced
-    from deepdefacer.mask_transfer import resample_mask
     from deepdefacer.apply import write_image
     from deepdefacer.nifti import load_volume
     from deepdefacer.pipeline import load_defacer
 
     start = time.monotonic()
-    defacer = load_defacer(device, atlas_guard, mode)
+    defacer = load_defacer(device, atlas_guard, mode, remove_ears)
     reference = defacer.deface_volume(load_volume(input_path))
     if reference.details.get("RefaceFallback"):
         print(f"deepdeface: {input_path}: defaced, not refaced: {reference.details['RefaceFallback']}",
@@ -154,8 +160,7 @@ def deface_files(input_path: Path, output: Path, mask_out, others, device: str,
     for other_path, other_output in others:
         try:
             volume = load_volume(other_path)
-            other = defacer.with_mask(volume, resample_mask(
-                reference.mask, reference.volume.affine, volume.img.shape, volume.affine), reference)
+            other = defacer.with_mask(volume, reference)
             verified = _checked(other_path, other, allow_unverified)
             if verified or allow_unverified:
                 write_defaced(other.volume, other.written_raw, other_output)

@@ -211,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="what the face's voxels become: the air's value (deface, the default) "
                           "or an average face matched to the scan's contrast (reface: for tools "
                           "that expect a face; nothing of the participant's face is used)")
+    run.add_argument("--remove-ears", "--remove_ears", action="store_true",
+                     help="also remove the ears (pinnae): placed by the atlas guard's registration, "
+                          "never within 12 mm of the brain; a scan whose ears cannot be placed fails "
+                          "(docs/ears.md)")
     run.add_argument("--atlas-guard", "--atlas_guard", action=argparse.BooleanOptionalAction, default=True,
                      help="also keep everything near an average brain registered to each scan "
                           "(default: on). --no-atlas-guard: the network's brain guard alone, "

@@ -75,10 +75,11 @@ def run_participant_level(args, command_line: str) -> int:
 
     deidentify_keys = chosen_keys(args.deidentify_metadata, args.deidentify_keys)
     # Checks before any work: nothing is written if any of them fails.
-    if args.mode == "reface" and not args.atlas_guard:
-        log.error("--mode reface places the new face with the atlas guard's registration: it "
-                  "cannot be combined with --no-atlas-guard")
-        return EXIT_USAGE
+    for asked, option in ((args.mode == "reface", "--mode reface"), (args.remove_ears, "--remove-ears")):
+        if asked and not args.atlas_guard:
+            log.error(f"{option} places what it changes with the atlas guard's registration: it "
+                      "cannot be combined with --no-atlas-guard")
+            return EXIT_USAGE
     try:
         source_description = select.check_dataset(args.bids_dir)
         select.check_output_location(args.bids_dir, args.output_dir)

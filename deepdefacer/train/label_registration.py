@@ -87,20 +87,9 @@ def prepare_template(work_dir: Path) -> dict:
     facemask = nib.load(templates / "pydeface_facemask.nii.gz")
     nib.save(mean, paths["head"])
 
-    # mridefacer's head template is cut below the face (its lower slices are exactly 0):
-    # register it as the fixed image with a mask of its non-zero field of view, so the
-    # missing neck does not pull the fit, then bring its brain across with the inverse.
-    pydeface_head = ants.image_read(str(paths["head"]))
-    mridefacer_head = ants.image_read(str(templates / "mridefacer_head_tmpl.nii.gz"))
-    fov = mridefacer_head.new_image_like((mridefacer_head.numpy() != 0).astype("float32"))
+    to_pydeface = mridefacer_onto(paths["head"])
     brain_img = ants.image_read(str(templates / "mridefacer_head_tmpl_brain.nii.gz"))
-    brain_img = (brain_img > 0).astype("float32")
-    with random_seed(ants, 1):
-        reg = ants.registration(mridefacer_head, pydeface_head, type_of_transform="Affine",
-                                mask=fov, random_seed=1)
-    warped = ants.apply_transforms(pydeface_head, brain_img, reg["invtransforms"],
-                                   whichtoinvert=[True], interpolator="linear")
-    brain = warped.numpy() > 0.5
+    brain = to_pydeface((brain_img.numpy() > 0).astype("float32")) > 0.5
 
     # pydeface's mask stops at mid-globe on its own template (z = 91 vs globe centre 93,
     # radius ~11 voxels): add the whole eyes with the lids and the air in front, and keep
@@ -117,6 +106,29 @@ def prepare_template(work_dir: Path) -> dict:
           f"overlap {(face & brain).sum()}, landmarks in face {(face & (landmarks > 0)).sum()}"
           f"/{(landmarks > 0).sum()}")
     return paths
+
+
+def mridefacer_onto(pydeface_head_path: Path):
+    """A function that carries an array on mridefacer's head template grid onto pydeface's
+    average head (``pydeface_head_path``), trilinear.
+
+    mridefacer's head template is cut below the face (its lower slices are exactly 0): it is
+    registered (affine) as the fixed image with a mask of its non-zero field of view, so the
+    missing neck does not pull the fit, and arrays come across with the inverse."""
+    ants = _ants()
+    pydeface_head = ants.image_read(str(pydeface_head_path))
+    mridefacer_head = ants.image_read(str(DATA_ROOT / "templates" / "mridefacer_head_tmpl.nii.gz"))
+    fov = mridefacer_head.new_image_like((mridefacer_head.numpy() != 0).astype("float32"))
+    with random_seed(ants, 1):
+        reg = ants.registration(mridefacer_head, pydeface_head, type_of_transform="Affine",
+                                mask=fov, random_seed=1)
+
+    def carry(array: np.ndarray) -> np.ndarray:
+        image = mridefacer_head.new_image_like(np.asarray(array, np.float32))
+        return ants.apply_transforms(pydeface_head, image, reg["invtransforms"],
+                                     whichtoinvert=[True], interpolator="linear").numpy()
+
+    return carry
 
 
 _TEMPLATE_CACHE: dict = {}

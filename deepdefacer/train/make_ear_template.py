@@ -1,0 +1,68 @@
+"""Make the ear region that ``--remove-ears`` removes: ``python -m deepdefacer.train.make_ear_template``.
+
+mridefacer's ``face_teeth_ear_mask`` (MIT) marks, on its own head template, the face and teeth
+(one region) and each ear with the air around it (two lateral regions). The two ear regions are
+carried onto pydeface's average head, the atlas guard's atlas (``label_registration.mridefacer_onto``:
+the affine that brings mridefacer's brain across for the atlas), block-averaged onto the atlas's
+3 mm grid and stored as a probability (uint8) with the atlas's affine in
+``models/`` (deepdefacer.ears.EARS_NAME). The atlas guard's fit of a scan then places them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from deepdefacer.atlas import ATLAS_MM, load_atlas
+from deepdefacer.ears import EARS_NAME
+from deepdefacer.resample import block_reduce
+from deepdefacer.train.data import DATA_ROOT
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATES = DATA_ROOT / "templates"
+
+
+def ear_regions(mask_path: Path) -> np.ndarray:
+    """The two ear regions of mridefacer's mask (0 = removed): its removed regions but the
+    largest (the face and teeth), on its head template's grid (the mask's own header is
+    not that grid's, but its voxels are)."""
+    removed = np.asanyarray(nib.load(mask_path).dataobj) == 0
+    labels, count = ndimage.label(removed)
+    sizes = ndimage.sum(removed, labels, range(1, count + 1))
+    regions = [label for label in range(1, count + 1)
+               if label != int(np.argmax(sizes)) + 1 and sizes[label - 1] >= 27]
+    if len(regions) != 2:
+        raise ValueError(f"{mask_path}: expected two ear regions besides the face, found {len(regions)}")
+    return np.isin(labels, regions)
+
+
+def make_ears(out: Path) -> dict:
+    from deepdefacer.train.label_registration import mridefacer_onto
+
+    head_path = TEMPLATES / "pydeface_mean_reg2mean.nii.gz"
+    head = nib.load(head_path)
+    ears = mridefacer_onto(head_path)(ear_regions(TEMPLATES / "mridefacer_face_teeth_ear_mask.nii.gz"))
+    reduced, affine = block_reduce(np.clip(ears, 0, 1).astype(np.float32), head.affine, 1.5 * ATLAS_MM)
+    atlas = load_atlas()
+    if reduced.shape != atlas["head"].shape or not np.allclose(affine, atlas["affine"]):
+        raise ValueError("the ears did not come out on the atlas's grid")
+    np.savez_compressed(out, ears=np.clip(np.round(reduced * 255), 0, 255).astype(np.uint8), affine=affine)
+    return {"voxels_1mm": int((ears > 0.5).sum()), "ml": float((ears > 0.5).sum() * abs(np.linalg.det(head.affine[:3, :3])) / 1000)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "models" / EARS_NAME)
+    args = parser.parse_args(argv)
+    summary = make_ears(args.out)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e3:.0f} KB): ears {summary['ml']:.0f} ml")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
