@@ -51,3 +51,16 @@ def nifti_bytes(path: Path) -> bytes:
     """The uncompressed bytes of a .nii or .nii.gz file."""
     data = path.read_bytes()
     return gzip.decompress(data) if path.name.endswith(".gz") else data
+
+
+def run_demo_session(out: Path, *extra: str):
+    """The BIDS App's participant level, in a fresh process, on ds-demo's sub-01 ses-1 (one process,
+    CPU, no validation): the finished process (stdout, stderr, returncode)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", "import sys; from deepdefacer.cli.run import main; "
+                           "sys.exit(main())", str(DEMO), str(out), "participant",
+                           "--participant-label", "01", "--session-id", "1",
+                           "--skip-bids-validation", "--device", "cpu", "--n-procs", "1", *extra],
+                          capture_output=True, text=True, timeout=600)

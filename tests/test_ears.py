@@ -4,15 +4,13 @@ brain, nothing else changes; reface mode leaves them air; a scan whose ears cann
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from bids_app_helpers import DEMO, needs_shared_data
+from bids_app_helpers import DEMO, needs_shared_data, run_demo_session
 from deepdefacer import ears, pipeline
 from deepdefacer.atlas import load_atlas
 from deepdefacer.errors import InputError
@@ -119,12 +117,7 @@ def test_the_bids_app_records_removed_ears_and_redoes_without_them(tmp_path):
     out = tmp_path / "out"
 
     def run(*extra):
-        done = subprocess.run([sys.executable, "-c", "import sys; from deepdefacer.cli.run import main; "
-                               "sys.exit(main())", str(DEMO), str(out), "participant",
-                               "--participant-label", "01", "--session-id", "1",
-                               "--skip-bids-validation", "--device", "cpu", "--n-procs", "1", *extra],
-                              capture_output=True, text=True, timeout=600)
-        return done
+        return run_demo_session(out, *extra)
 
     first = run("--remove-ears")
     assert first.returncode == 0, first.stderr

@@ -5,14 +5,12 @@ rest of the scan bit for bit; nothing of the participant's face in the new one."
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from bids_app_helpers import DEMO
+from bids_app_helpers import DEMO, run_demo_session
 from deepdefacer import reface
 from deepdefacer.conform import background_intensity
 from deepdefacer.nifti import Volume, load_volume
@@ -97,11 +95,7 @@ def test_the_bids_app_refaces_records_the_mode_and_redoes_another_mode(tmp_path)
     out = tmp_path / "out"
 
     def run(*extra):
-        done = subprocess.run([sys.executable, "-c", "import sys; from deepdefacer.cli.run import main; "
-                               "sys.exit(main())", str(DEMO), str(out), "participant",
-                               "--participant-label", "01", "--session-id", "1",
-                               "--skip-bids-validation", "--device", "cpu", "--n-procs", "1", *extra],
-                              capture_output=True, text=True, timeout=600)
+        done = run_demo_session(out, *extra)
         assert done.returncode == 0, done.stderr
         return done.stderr
 
