@@ -31,7 +31,6 @@ from pathlib import Path
 
 os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")  # reruns identical
 
-import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
@@ -41,9 +40,8 @@ from deepdefacer.nifti import load_volume  # noqa: E402
 from deepdefacer.pipeline import load_defacer  # noqa: E402
 from deepdefacer.qc.volume import head_threshold  # noqa: E402
 from deepdefacer.train import label_registration as lr  # noqa: E402
-from deepdefacer.train.data import DATA_ROOT, label_name, split  # noqa: E402
+from deepdefacer.train.data import label_name, split  # noqa: E402
 from deepdefacer.train.evaluate import passes, reference_labels, score  # noqa: E402
-from deepdefacer.train.make_ear_template import ear_regions  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 LABELS = REPOSITORY / "labels"
@@ -54,23 +52,7 @@ GOAL_REMOVED = 0.9
 def template_ears(work: Path) -> dict:
     """The label tool's template (pydeface's average head, its masks) with the ear regions."""
     template = lr.prepare_template(work / "template")
-    ears_path = work / "template" / "template_ears.nii.gz"
-    if not ears_path.exists():
-        head = nib.load(template["head"])
-        regions = ear_regions(DATA_ROOT / "templates" / "mridefacer_face_teeth_ear_mask.nii.gz")
-        carried = lr.mridefacer_onto(template["head"])(regions) > 0.5
-        nib.save(nib.Nifti1Image(carried.astype(np.uint8), head.affine), ears_path)
-    return {**template, "ears": ears_path}
-
-
-def reference_ears(path: Path, template: dict) -> np.ndarray:
-    """The template's ear regions on the scan's grid by the label tool's affine registration."""
-    ants = lr._ants()
-    moving, _ = lr._template_images(template)
-    fixed = lr._fixed_image(path)
-    reg = lr._affine_registration(fixed, moving, seed=1)
-    ear_image = ants.image_read(str(template["ears"])).astype("float32")
-    return ants.apply_transforms(fixed, ear_image, reg["fwdtransforms"], interpolator="linear").numpy() > 0.5
+    return {**template, "ears": lr.ear_labels(template, work / "template")}
 
 
 def measure(path: Path, template: dict, defacer) -> dict:
@@ -82,7 +64,7 @@ def measure(path: Path, template: dict, defacer) -> dict:
     done = defacer.deface_volume(volume)
     seconds = time.perf_counter() - start
     removed = done.mask
-    tissue = reference_ears(path, template).reshape(data.shape) & (data > head_threshold(data))
+    tissue = lr.register_ears(path, template, template["ears"]).reshape(data.shape) & (data > head_threshold(data))
     brain = labels["brain"].astype(bool).reshape(data.shape)
     # Millimetres from plausible voxel sizes (a lying header's as the method assumes them).
     voxel_mm = np.sqrt((plausible_affine(data, volume.affine)[0][:3, :3] ** 2).sum(axis=0))

@@ -9,6 +9,8 @@ the subject carries two masks across:
 
 and landmarks (eyes, nose tip, mouth) for evaluation. A deformable (SyN) brain is the
 scoring reference (``register_brain_deformable``). ``deepdefacer.train.labels`` writes them.
+The ears (mridefacer's ``face_teeth_ear_mask``, ``ear_labels``) come across the same way
+(``register_ears``): the reference of ``--remove-ears`` (``bench/ears.py``).
 """
 
 from __future__ import annotations
@@ -129,6 +131,42 @@ def mridefacer_onto(pydeface_head_path: Path):
                                      whichtoinvert=[True], interpolator="linear").numpy()
 
     return carry
+
+
+def ear_regions(mask_path: Path = DATA_ROOT / "templates" / "mridefacer_face_teeth_ear_mask.nii.gz") -> np.ndarray:
+    """The two ear regions of mridefacer's mask (0 = removed): its removed regions but the
+    largest (the face and teeth), on its head template's grid (the mask's own header is
+    not that grid's, but its voxels are)."""
+    removed = np.asanyarray(nib.load(mask_path).dataobj) == 0
+    labels, count = ndimage.label(removed)
+    sizes = ndimage.sum(removed, labels, range(1, count + 1))
+    regions = [label for label in range(1, count + 1)
+               if label != int(np.argmax(sizes)) + 1 and sizes[label - 1] >= 27]
+    if len(regions) != 2:
+        raise ValueError(f"{mask_path}: expected two ear regions besides the face, found {len(regions)}")
+    return np.isin(labels, regions)
+
+
+def ear_labels(template: dict, work_dir: Path) -> Path:
+    """The ear regions on the template (pydeface's average head), made once into ``work_dir``:
+    carried by ``register_ears`` onto a head, they are the reference ears (``bench/ears.py``)."""
+    path = Path(work_dir) / "template_ears.nii.gz"
+    if not path.exists():
+        head = nib.load(template["head"])
+        carried = mridefacer_onto(template["head"])(ear_regions()) > 0.5
+        nib.save(nib.Nifti1Image(carried.astype(np.uint8), head.affine), path)
+    return path
+
+
+def register_ears(head_path: Path, template: dict, ears_path: Path, seed: int = 1) -> np.ndarray:
+    """The template's ear regions (``ear_labels``) on the grid of ``head_path`` (bool), by the
+    same affine registration as ``register_labels``."""
+    ants = _ants()
+    moving, _ = _template_images(template)
+    fixed = _fixed_image(head_path)
+    reg = _affine_registration(fixed, moving, seed)
+    ears = ants.image_read(str(ears_path)).astype("float32")
+    return ants.apply_transforms(fixed, ears, reg["fwdtransforms"], interpolator="linear").numpy() > 0.5
 
 
 _TEMPLATE_CACHE: dict = {}

@@ -16,37 +16,21 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
 from deepdefacer.atlas import ATLAS_MM, load_atlas
 from deepdefacer.ears import EARS_NAME
 from deepdefacer.resample import block_reduce
 from deepdefacer.train.data import DATA_ROOT
+from deepdefacer.train.label_registration import ear_regions, mridefacer_onto
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = DATA_ROOT / "templates"
 
 
-def ear_regions(mask_path: Path) -> np.ndarray:
-    """The two ear regions of mridefacer's mask (0 = removed): its removed regions but the
-    largest (the face and teeth), on its head template's grid (the mask's own header is
-    not that grid's, but its voxels are)."""
-    removed = np.asanyarray(nib.load(mask_path).dataobj) == 0
-    labels, count = ndimage.label(removed)
-    sizes = ndimage.sum(removed, labels, range(1, count + 1))
-    regions = [label for label in range(1, count + 1)
-               if label != int(np.argmax(sizes)) + 1 and sizes[label - 1] >= 27]
-    if len(regions) != 2:
-        raise ValueError(f"{mask_path}: expected two ear regions besides the face, found {len(regions)}")
-    return np.isin(labels, regions)
-
-
 def make_ears(out: Path) -> dict:
-    from deepdefacer.train.label_registration import mridefacer_onto
-
     head_path = TEMPLATES / "pydeface_mean_reg2mean.nii.gz"
     head = nib.load(head_path)
-    ears = mridefacer_onto(head_path)(ear_regions(TEMPLATES / "mridefacer_face_teeth_ear_mask.nii.gz"))
+    ears = mridefacer_onto(head_path)(ear_regions())
     reduced, affine = block_reduce(np.clip(ears, 0, 1).astype(np.float32), head.affine, 1.5 * ATLAS_MM)
     atlas = load_atlas()
     if reduced.shape != atlas["head"].shape or not np.allclose(affine, atlas["affine"]):
