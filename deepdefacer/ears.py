@@ -28,8 +28,9 @@ EARS_NAME = "ears_pydeface_3mm.npz"
 EAR_PROBABILITY = 0.5  # where the shipped ear region is
 MARGIN_MM = 10.0  # the region grown by this on the scan's grid
 # Nothing closer than this to the brain guard is removed. Scalp and skull lateral to the temporal
-# lobe are ~8-12 mm thick; the pinna stands outside them. On pydeface's average head half of the
-# ear region's tissue lies beyond 19 mm of the brain.
+# lobe are ~8-12 mm thick; the pinna stands outside them. Half of the ear regions' tissue lies
+# beyond 19 mm of the brain on mridefacer's average head, and beyond 14 mm on the atlas's (whose
+# brain reaches the inner skull).
 BRAIN_CLEARANCE_MM = 12.0
 
 _EARS: dict = {}
