@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from deepdefacer import ears
 from deepdefacer.atlas import BRAIN_GAIN as ATLAS_BRAIN_GAIN
 from deepdefacer.atlas import REGISTRATION as ATLAS_REGISTRATION
 from deepdefacer.errors import ModelLoadError
@@ -36,8 +37,6 @@ def decision_record(thresholds: Thresholds, mirror_average: bool, atlas_guard: b
                     mode: str = "deface", remove_ears: bool = False) -> dict:
     """The post-processing settings as the provenance records them (and the up-to-date check
     compares them): a scan defaced in another mode, or with the ears removed or not, is redone."""
-    from deepdefacer import ears
-
     return {"Mode": mode, "RemoveEars": remove_ears,
             **({"EarMarginMM": ears.MARGIN_MM, "EarBrainClearanceMM": ears.BRAIN_CLEARANCE_MM}
                if remove_ears else {}),
